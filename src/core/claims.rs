@@ -1,0 +1,175 @@
+//! Which claims of a run the add-on manages (SPEC "Which claims are managed") and how a run's
+//! claims group before other runs are considered (SPEC "Grouping", within one run).
+
+use crate::config::Mode;
+use crate::model::{ClaimInfo, ClaimSource, Run};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What to do with a claim whose PVC is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingClaims {
+    /// `render`: it cannot see the cluster, so it assumes ReadWriteOnce and says so.
+    AssumeReadWriteOnce,
+    /// The controller and webhook: not managed until the PVC is seen.
+    Wait,
+}
+
+/// Where a managed claim's access modes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessSource {
+    /// The PVC (its status once bound, else its spec).
+    Claim,
+    /// The run's volumeClaimTemplate (the PVC does not exist yet).
+    Template,
+    /// Nothing: assumed ReadWriteOnce (render only).
+    Assumed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedClaim {
+    pub name: String,
+    /// The run workspaces bound to it (two workspaces may share one claim).
+    pub workspaces: Vec<String>,
+    pub access: AccessSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// emptyDir, configMap, secret, projected, csi.
+    NotAClaim,
+    /// ReadWriteMany / ReadOnlyMany: any node can mount it.
+    Shared(Vec<String>),
+    /// ReadWriteOncePod: a placeholder mounting it would lock the tasks out.
+    ReadWriteOncePod,
+    /// No ReadWriteOnce among the access modes.
+    NotReadWriteOnce(Vec<String>),
+    /// The PVC has not been seen yet.
+    Missing,
+}
+
+impl std::fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IgnoreReason::NotAClaim => f.write_str("not a PersistentVolumeClaim"),
+            IgnoreReason::Shared(m) => write!(f, "access modes {} let any node mount it", m.join(",")),
+            IgnoreReason::ReadWriteOncePod => f.write_str("ReadWriteOncePod: a placeholder would lock the tasks out"),
+            IgnoreReason::NotReadWriteOnce(m) => write!(f, "access modes [{}] have no ReadWriteOnce", m.join(",")),
+            IgnoreReason::Missing => f.write_str("the PVC does not exist (yet)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredBinding {
+    pub workspace: String,
+    pub claim: Option<String>,
+    pub reason: IgnoreReason,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunClaims {
+    pub managed: Vec<ManagedClaim>,
+    pub ignored: Vec<IgnoredBinding>,
+}
+
+impl RunClaims {
+    pub fn names(&self) -> BTreeSet<String> {
+        self.managed.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+/// Managed when the access modes hold ReadWriteOnce and neither shared mode; never RWOP.
+pub fn access_verdict(modes: &[String]) -> Result<(), IgnoreReason> {
+    let has = |m: &str| modes.iter().any(|x| x == m);
+    if has("ReadWriteOncePod") {
+        Err(IgnoreReason::ReadWriteOncePod)
+    } else if has("ReadWriteMany") || has("ReadOnlyMany") {
+        Err(IgnoreReason::Shared(modes.to_vec()))
+    } else if has("ReadWriteOnce") {
+        Ok(())
+    } else {
+        Err(IgnoreReason::NotReadWriteOnce(modes.to_vec()))
+    }
+}
+
+/// The run's claims, managed or not, each claim once.
+pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: MissingClaims) -> RunClaims {
+    let mut out = RunClaims::default();
+    for b in &run.bindings {
+        let Some(claim) = b.source.claim() else {
+            out.ignored.push(IgnoredBinding {
+                workspace: b.workspace.clone(),
+                claim: None,
+                reason: IgnoreReason::NotAClaim,
+            });
+            continue;
+        };
+        if let Some(m) = out.managed.iter_mut().find(|m| m.name == claim) {
+            m.workspaces.push(b.workspace.clone());
+            continue;
+        }
+        let verdict = match (pvcs.get(claim), &b.source) {
+            (Some(pvc), _) => access_verdict(pvc.access_modes()).map(|_| AccessSource::Claim),
+            (None, ClaimSource::Template { access_modes, .. }) => {
+                access_verdict(access_modes).map(|_| AccessSource::Template)
+            }
+            (None, _) if missing == MissingClaims::AssumeReadWriteOnce => Ok(AccessSource::Assumed),
+            (None, _) => Err(IgnoreReason::Missing),
+        };
+        match verdict {
+            Ok(access) => out.managed.push(ManagedClaim {
+                name: claim.to_string(),
+                workspaces: vec![b.workspace.clone()],
+                access,
+            }),
+            Err(reason) => out.ignored.push(IgnoredBinding {
+                workspace: b.workspace.clone(),
+                claim: Some(claim.to_string()),
+                reason,
+            }),
+        }
+    }
+    out
+}
+
+/// The claims each task mounts (managed or not), by task name; a task whose usage cannot be
+/// read mounts every claim of the run.
+pub fn task_claims(run: &Run) -> Vec<(&str, BTreeSet<String>)> {
+    let claim_of: BTreeMap<&str, &str> =
+        run.bindings.iter().filter_map(|b| Some((b.workspace.as_str(), b.source.claim()?))).collect();
+    run.tasks
+        .iter()
+        .map(|t| {
+            let claims = match &t.workspaces {
+                Some(ws) => ws.iter().filter_map(|w| claim_of.get(w.as_str())).map(|c| c.to_string()).collect(),
+                None => claim_of.values().map(|c| c.to_string()).collect(),
+            };
+            (t.name.as_str(), claims)
+        })
+        .collect()
+}
+
+/// How the run's managed claims group, before other runs are considered.
+/// `workspaces`: claims one task uses together share a group (transitively); claims no task
+/// uses get none. Per-run modes: one group with every managed claim, even an empty one.
+pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTreeSet<String>> {
+    if mode.per_run() {
+        return vec![managed.clone()];
+    }
+    let mut groups: Vec<BTreeSet<String>> = Vec::new();
+    for (_, used) in task_claims(run) {
+        let used: BTreeSet<String> = used.intersection(managed).cloned().collect();
+        if used.is_empty() {
+            continue;
+        }
+        let (touching, mut rest): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| !g.is_disjoint(&used));
+        let merged = touching.into_iter().fold(used, |mut acc, g| {
+            acc.extend(g);
+            acc
+        });
+        rest.push(merged);
+        groups = rest;
+    }
+    groups.sort();
+    groups
+}

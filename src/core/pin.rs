@@ -1,0 +1,319 @@
+//! The pod decision (SPEC "Task pods", invariants I2 and I5): pin a task pod to the one
+//! placeholder that holds every managed claim it mounts, or leave it alone and say why.
+
+use super::plan::{Plan, PlannedPlaceholder, RunStatus, annotation_enabled};
+use super::scheduling;
+use crate::engine::{self, EngineSkip};
+use crate::names;
+use crate::pod::TaskPod;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{Affinity, PodAffinity, PodAffinityTerm};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+/// Why a pod is left as it is. The `as_str` values are metric labels: keep them stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Not a task pod of any engine's run.
+    NotTaskPod,
+    /// One of our own placeholder pods.
+    Placeholder,
+    /// The engine's own placeholder pod.
+    EnginePlaceholder,
+    /// The engine's own affinity assistant pinned it.
+    EngineAssistant,
+    /// Already carries our term (a reinvocation): nothing to add.
+    AlreadyPinned,
+    /// The pod or its run opted out.
+    OptedOut,
+    /// The run is not in the plan (not seen yet, or gone).
+    RunNotFound,
+    /// The run is not active, not managed, or disabled.
+    RunNotManaged,
+    /// `workspaces` mode and the pod mounts no managed claim.
+    NoManagedClaim,
+    /// The claims it mounts have no placeholder (disabled, or not yet decidable).
+    NoPlaceholder,
+    /// I5: it already has a required podAffinity term of its own.
+    OwnPodAffinity,
+    /// I5: its claims are held by two different placeholders.
+    ClaimsSplit,
+    /// I5: its own nodeSelector / node affinity / tolerations exclude the placeholder's node.
+    NodeExcluded,
+    /// No controller holds a fresh leader lease: nobody would create the placeholder.
+    NoController,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NotTaskPod => "not-task-pod",
+            SkipReason::Placeholder => "placeholder",
+            SkipReason::EnginePlaceholder => "engine-placeholder",
+            SkipReason::EngineAssistant => "engine-affinity-assistant",
+            SkipReason::AlreadyPinned => "already-pinned",
+            SkipReason::OptedOut => "opted-out",
+            SkipReason::RunNotFound => "run-not-found",
+            SkipReason::RunNotManaged => "run-not-managed",
+            SkipReason::NoManagedClaim => "no-managed-claim",
+            SkipReason::NoPlaceholder => "no-placeholder",
+            SkipReason::OwnPodAffinity => "own-pod-affinity",
+            SkipReason::ClaimsSplit => "claims-split",
+            SkipReason::NodeExcluded => "node-excluded",
+            SkipReason::NoController => "no-controller",
+        }
+    }
+
+    /// Whether a person should hear about it (an AdmissionReview warning): the pod may share
+    /// a volume with pods on other nodes.
+    pub fn warns(self) -> bool {
+        matches!(
+            self,
+            SkipReason::RunNotFound
+                | SkipReason::OwnPodAffinity
+                | SkipReason::ClaimsSplit
+                | SkipReason::NodeExcluded
+                | SkipReason::NoController
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub reason: SkipReason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pin {
+    pub run: String,
+    pub placeholder: String,
+    /// The managed claims the pod mounts.
+    pub claims: Vec<String>,
+    /// The one term added (I2).
+    pub term: PodAffinityTerm,
+    /// The pod's affinity with the term added.
+    pub affinity: Affinity,
+    /// The JSONPatch for the AdmissionReview; applying it twice changes nothing more.
+    pub patch: Patch,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Pin(Box<Pin>),
+    Skip(Skip),
+}
+
+impl Decision {
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        match self {
+            Decision::Skip(s) => Some(s.reason),
+            Decision::Pin(_) => None,
+        }
+    }
+}
+
+fn skip(reason: SkipReason, message: impl Into<String>) -> Decision {
+    Decision::Skip(Skip { reason, message: message.into() })
+}
+
+/// The term that pins a pod next to a placeholder.
+pub fn pin_term(placeholder: &str) -> PodAffinityTerm {
+    PodAffinityTerm {
+        label_selector: Some(LabelSelector {
+            match_labels: Some([(names::LABEL_PLACEHOLDER.to_string(), placeholder.to_string())].into()),
+            match_expressions: None,
+        }),
+        topology_key: names::TOPOLOGY_HOSTNAME.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Whether a term is one the add-on wrote.
+pub fn is_pin_term(term: &PodAffinityTerm) -> bool {
+    term.label_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .is_some_and(|m| m.len() == 1 && m.contains_key(names::LABEL_PLACEHOLDER))
+}
+
+/// Decides what a task pod gets. `controller_alive`: a controller holds a fresh leader
+/// lease, so a placeholder the plan promises will be created.
+pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
+    let meta = &pod.metadata;
+    let who = format!("pod {}/{}", plan.namespace, meta.display_name());
+    if meta.labels.contains_key(names::LABEL_PLACEHOLDER) {
+        return skip(SkipReason::Placeholder, format!("{who} is a placeholder"));
+    }
+    let found = engine::engines().iter().find_map(|e| Some((*e, e.pod_run(meta)?)));
+    let engine_skip = engine::engines().iter().find_map(|e| e.pod_skip(meta));
+    match engine_skip {
+        Some(EngineSkip::EnginePlaceholder) => {
+            return skip(SkipReason::EnginePlaceholder, format!("{who} is Tekton's own placeholder"));
+        }
+        Some(EngineSkip::EngineAssistant) => {
+            return skip(SkipReason::EngineAssistant, format!("{who} is pinned by Tekton's own affinity assistant"));
+        }
+        None => {}
+    }
+    let Some((engine, run_ref)) = found else {
+        return skip(SkipReason::NotTaskPod, format!("{who} belongs to no pipeline run"));
+    };
+    let required = pod.required_pod_affinity();
+    if !required.is_empty() && required.iter().all(is_pin_term) {
+        return skip(SkipReason::AlreadyPinned, format!("{who} is already pinned"));
+    }
+    match annotation_enabled(&meta.annotations) {
+        Ok(true) => {}
+        Ok(false) => return skip(SkipReason::OptedOut, format!("{who}: run {} opted out", run_ref.name)),
+        Err(e) => return skip(SkipReason::OptedOut, format!("{who}: {e}")),
+    }
+    let Some(run) = plan.run(&run_ref.name, run_ref.uid.as_deref()) else {
+        return skip(
+            SkipReason::RunNotFound,
+            format!("{who}: {} run {} is not known to affinity-assistant; not pinned", engine.name(), run_ref.name),
+        );
+    };
+    if run.status != RunStatus::Managed {
+        let reason =
+            if matches!(run.status, RunStatus::OptedOut) { SkipReason::OptedOut } else { SkipReason::RunNotManaged };
+        return skip(reason, format!("{who}: run {} is {}", run.name, run.status.describe()));
+    }
+
+    let pod_claims = pod.claims();
+    let managed: BTreeSet<&str> =
+        pod_claims.iter().copied().filter(|c| run.claims.iter().any(|m| m.name == *c)).collect();
+    let target: &PlannedPlaceholder = if managed.is_empty() {
+        match (&run.home, run.mode.per_run()) {
+            (Some(home), true) => match plan.placeholder(home) {
+                Some(p) => p,
+                None => return skip(SkipReason::NoPlaceholder, format!("{who}: placeholder {home} is not planned")),
+            },
+            (None, true) => {
+                return skip(
+                    SkipReason::NoPlaceholder,
+                    format!("{who}: run {} has no single placeholder ({} mode)", run.name, run.mode),
+                );
+            }
+            (_, false) => {
+                return skip(SkipReason::NoManagedClaim, format!("{who} mounts no managed claim"));
+            }
+        }
+    } else {
+        let holders: BTreeSet<&str> = managed.iter().filter_map(|c| run.holders.get(*c).map(String::as_str)).collect();
+        let unheld: Vec<&str> = managed.iter().copied().filter(|c| !run.holders.contains_key(*c)).collect();
+        if holders.len() > 1 {
+            return skip(
+                SkipReason::ClaimsSplit,
+                format!(
+                    "{who} mounts claims held by different placeholders ({}); pinning it to one would leave it Pending \
+                     forever, so it is not pinned and may wait for a volume attached elsewhere",
+                    holders.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        let Some(name) = holders.into_iter().next().filter(|_| unheld.is_empty()) else {
+            return skip(
+                SkipReason::NoPlaceholder,
+                format!("{who}: claims [{}] have no placeholder", unheld.join(", ")),
+            );
+        };
+        match plan.placeholder(name) {
+            Some(p) => p,
+            None => return skip(SkipReason::NoPlaceholder, format!("{who}: placeholder {name} is not planned")),
+        }
+    };
+
+    if !required.is_empty() {
+        return skip(
+            SkipReason::OwnPodAffinity,
+            format!(
+                "{who} has a required podAffinity of its own; the scheduler needs one pod matching every term, \
+                 which placeholder {} cannot be, so it is not pinned",
+                target.name
+            ),
+        );
+    }
+    let excluded = match &target.node {
+        Some(node) => scheduling::node_excludes(
+            node,
+            &pod.spec.node_selector,
+            pod.required_node_affinity(),
+            &pod.spec.tolerations,
+        ),
+        None => scheduling::selectors_conflict(&pod.spec.node_selector, &target.node_selector),
+    };
+    if let Some(why) = excluded {
+        return skip(
+            SkipReason::NodeExcluded,
+            format!("{who} cannot run where placeholder {} is: {why}; not pinned", target.name),
+        );
+    }
+    if !controller_alive {
+        return skip(
+            SkipReason::NoController,
+            format!("{who}: no affinity-assistant controller holds the leader lease; not pinned to {}", target.name),
+        );
+    }
+
+    let term = pin_term(&target.name);
+    let claims: Vec<String> = managed.iter().map(|c| c.to_string()).collect();
+    let patch = pin_patch(pod, &target.name, &target.claims, &term);
+    let mut affinity = pod.spec.affinity.clone().unwrap_or_default();
+    affinity
+        .pod_affinity
+        .get_or_insert_with(PodAffinity::default)
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(Vec::new)
+        .push(term.clone());
+    Decision::Pin(Box::new(Pin {
+        run: run.name.clone(),
+        placeholder: target.name.clone(),
+        claims,
+        term,
+        affinity,
+        patch,
+    }))
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(path.iter().copied()), value })
+}
+
+/// Adds at the deepest level that exists, so every pre-existing term is kept and each op
+/// replaces whole values: applying the patch a second time changes nothing.
+fn pin_patch(pod: &TaskPod, placeholder: &str, held: &BTreeSet<String>, term: &PodAffinityTerm) -> Patch {
+    let term = serde_json::to_value(term).unwrap_or(Value::Null);
+    let affinity = pod.spec.affinity.as_ref();
+    let mut ops = Vec::with_capacity(5);
+    ops.push(match affinity {
+        None => add(
+            &["spec", "affinity"],
+            json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}),
+        ),
+        Some(a) if a.pod_affinity.is_none() => {
+            add(&["spec", "affinity", "podAffinity"], json!({"requiredDuringSchedulingIgnoredDuringExecution": [term]}))
+        }
+        Some(_) => {
+            add(&["spec", "affinity", "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution"], json!([term]))
+        }
+    });
+    let claims_csv = held.iter().cloned().collect::<Vec<_>>().join(",");
+    if pod.metadata.labels.is_empty() {
+        ops.push(add(&["metadata", "labels"], json!({ names::LABEL_PINNED: "true" })));
+    } else {
+        ops.push(add(&["metadata", "labels", names::LABEL_PINNED], json!("true")));
+    }
+    if pod.metadata.annotations.is_empty() {
+        ops.push(add(
+            &["metadata", "annotations"],
+            json!({ names::ANNOTATION_PINNED_TO: placeholder, names::ANNOTATION_CLAIMS: claims_csv }),
+        ));
+    } else {
+        ops.push(add(&["metadata", "annotations", names::ANNOTATION_PINNED_TO], json!(placeholder)));
+        ops.push(add(&["metadata", "annotations", names::ANNOTATION_CLAIMS], json!(claims_csv)));
+    }
+    Patch(ops)
+}

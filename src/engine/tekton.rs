@@ -1,0 +1,543 @@
+//! Tekton Pipelines (`tekton.dev/v1`): trimmed views of PipelineRun and Pipeline, and the rules
+//! Tekton uses for the things the add-on must predict (PVC names, pod labels).
+//!
+//! `status.pipelineSpec` carries whole task scripts; these views keep only workspace usage, so
+//! a cached run costs a few hundred bytes, not kilobytes.
+
+use super::{Engine, EngineSkip, ParseError, RunRef, nullable};
+use crate::model::{Binding, ClaimSource, Run, RunPhase, Scheduling, TaskUsage};
+use crate::pod::PodMeta;
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::collections::BTreeMap;
+
+pub const API_VERSION: &str = "tekton.dev/v1";
+pub const KIND_PIPELINE_RUN: &str = "PipelineRun";
+pub const KIND_PIPELINE: &str = "Pipeline";
+
+/// Task pod labels Tekton sets.
+pub const LABEL_PIPELINE_RUN: &str = "tekton.dev/pipelineRun";
+pub const LABEL_PIPELINE_RUN_UID: &str = "tekton.dev/pipelineRunUID";
+pub const LABEL_PIPELINE_TASK: &str = "tekton.dev/pipelineTask";
+/// Set on pods pinned by Tekton's own affinity assistant.
+pub const ANNOTATION_TEKTON_ASSISTANT: &str = "pipeline.tekton.dev/affinity-assistant";
+/// `app.kubernetes.io/component` value of Tekton's own placeholder pods.
+pub const TEKTON_ASSISTANT_COMPONENT: &str = "affinity-assistant";
+/// Tekton's feature flag for its own affinity assistant; the add-on needs it `disabled`.
+pub const COSCHEDULE_KEY: &str = "coschedule";
+
+/// `spec.status` value that holds a run back.
+const SPEC_STATUS_PENDING: &str = "PipelineRunPending";
+
+pub struct Tekton;
+
+impl Engine for Tekton {
+    fn name(&self) -> &'static str {
+        "tekton"
+    }
+
+    fn pod_run_label(&self) -> &'static str {
+        LABEL_PIPELINE_RUN
+    }
+
+    fn pod_run(&self, pod: &PodMeta) -> Option<RunRef> {
+        let name = pod.labels.get(LABEL_PIPELINE_RUN).filter(|n| !n.is_empty())?;
+        Some(RunRef {
+            name: name.clone(),
+            uid: pod.labels.get(LABEL_PIPELINE_RUN_UID).filter(|u| !u.is_empty()).cloned(),
+        })
+    }
+
+    fn pod_task<'a>(&self, pod: &'a PodMeta) -> Option<&'a str> {
+        pod.labels.get(LABEL_PIPELINE_TASK).map(String::as_str)
+    }
+
+    fn pod_skip(&self, pod: &PodMeta) -> Option<EngineSkip> {
+        if pod.labels.get(crate::names::LABEL_APP_COMPONENT).map(String::as_str) == Some(TEKTON_ASSISTANT_COMPONENT) {
+            Some(EngineSkip::EnginePlaceholder)
+        } else if pod.annotations.contains_key(ANNOTATION_TEKTON_ASSISTANT) {
+            Some(EngineSkip::EngineAssistant)
+        } else {
+            None
+        }
+    }
+}
+
+/// The PVC Tekton creates for a `volumeClaimTemplate` workspace:
+/// `<template name, or "pvc">-<first 10 hex of sha256(binding name + run uid)>`.
+pub fn template_claim_name(template_name: Option<&str>, binding: &str, run_uid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{binding}{run_uid}").as_bytes());
+    let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    let prefix = template_name.filter(|n| !n.is_empty()).unwrap_or("pvc");
+    format!("{prefix}-{hex}")
+}
+
+/// Whether Tekton's `coschedule` flag leaves its own affinity assistant on.
+pub fn coschedule_enabled(value: Option<&str>) -> bool {
+    // Tekton's default is "workspaces": an absent flag means on.
+    value.map(str::trim) != Some("disabled")
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub generate_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub namespace: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub uid: String,
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `tekton.dev/v1` PipelineRun, trimmed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineRun {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: PipelineRunSpec,
+    #[serde(default)]
+    pub status: Option<PipelineRunStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineRunSpec {
+    #[serde(default)]
+    pub pipeline_ref: Option<PipelineRef>,
+    #[serde(default)]
+    pub pipeline_spec: Option<PipelineSpec>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub status: String,
+    #[serde(default)]
+    pub task_run_template: Option<TaskRunTemplate>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub task_run_specs: Vec<TaskRunSpec>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub workspaces: Vec<WorkspaceBinding>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineRef {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub resolver: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunTemplate {
+    #[serde(default)]
+    pub pod_template: Option<PodTemplate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    pub pipeline_task_name: String,
+    #[serde(default)]
+    pub pod_template: Option<PodTemplate>,
+}
+
+/// The scheduling part of Tekton's PodTemplate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplate {
+    #[serde(default, deserialize_with = "nullable")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    #[serde(default)]
+    pub priority_class_name: Option<String>,
+}
+
+impl From<&PodTemplate> for Scheduling {
+    fn from(t: &PodTemplate) -> Scheduling {
+        Scheduling {
+            node_selector: t.node_selector.clone(),
+            tolerations: t.tolerations.clone(),
+            affinity: t.affinity.clone(),
+            image_pull_secrets: t.image_pull_secrets.clone(),
+            priority_class_name: t.priority_class_name.clone().filter(|p| !p.is_empty()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceBinding {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default)]
+    pub persistent_volume_claim: Option<ClaimRef>,
+    #[serde(default)]
+    pub volume_claim_template: Option<ClaimTemplate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRef {
+    #[serde(default, deserialize_with = "nullable")]
+    pub claim_name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimTemplate {
+    #[serde(default)]
+    pub metadata: Option<TemplateMeta>,
+    #[serde(default)]
+    pub spec: Option<TemplateSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMeta {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    pub access_modes: Vec<String>,
+}
+
+/// A pipeline spec, keeping only which workspaces each task binds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    pub tasks: Vec<PipelineTask>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub finally: Vec<PipelineTask>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineTask {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub workspaces: Vec<TaskWorkspace>,
+    /// Only whether it is there: an embedded spec may use propagated workspaces.
+    #[serde(default)]
+    pub task_spec: Option<IgnoredAny>,
+    /// An embedded pipeline (pipelines in pipelines): its usage cannot be read either.
+    #[serde(default)]
+    pub pipeline_spec: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskWorkspace {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    /// The pipeline workspace; empty means the same as `name`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub workspace: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineRunStatus {
+    #[serde(default, deserialize_with = "nullable")]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub pipeline_spec: Option<PipelineSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    pub type_: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub status: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub reason: String,
+}
+
+/// `tekton.dev/v1` Pipeline, trimmed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pipeline {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: PipelineSpec,
+}
+
+impl PipelineRun {
+    pub fn from_value(value: &serde_json::Value) -> Result<PipelineRun, ParseError> {
+        super::from_value(KIND_PIPELINE_RUN, value)
+    }
+
+    /// Whether the `Succeeded` condition says the run is over.
+    pub fn is_done(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == "Succeeded" && matches!(c.status.as_str(), "True" | "False"))
+        })
+    }
+
+    /// Plays Tekton's part for a `pipelineRef` run that Tekton has not resolved yet (used by
+    /// `render`): stores the Pipeline's spec as `status.pipelineSpec` and merges its
+    /// annotations under the run's own (the run wins).
+    pub fn resolve_with(&mut self, pipeline: &Pipeline) {
+        let status = self.status.get_or_insert_with(Default::default);
+        if status.pipeline_spec.is_none() {
+            status.pipeline_spec = Some(pipeline.spec.clone());
+        }
+        for (k, v) in &pipeline.metadata.annotations {
+            self.metadata.annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+
+    /// The engine-neutral run. Fails only when the run cannot be identified (no name).
+    pub fn to_run(&self) -> Result<Run, ParseError> {
+        let invalid = |message: String| ParseError::Invalid { kind: KIND_PIPELINE_RUN.into(), message };
+        if self.metadata.name.is_empty() {
+            return Err(invalid("metadata.name is empty".into()));
+        }
+        for (i, b) in self.spec.workspaces.iter().enumerate() {
+            if b.name.is_empty() {
+                return Err(invalid(format!("spec.workspaces[{i}].name is empty")));
+            }
+        }
+        let spec = self.status.as_ref().and_then(|s| s.pipeline_spec.as_ref()).or(self.spec.pipeline_spec.as_ref());
+        let phase = if self.is_done() {
+            RunPhase::Done
+        } else if self.spec.status == SPEC_STATUS_PENDING {
+            RunPhase::Pending
+        } else if spec.is_none() {
+            RunPhase::AwaitingSpec
+        } else {
+            RunPhase::Active
+        };
+        let bindings = self
+            .spec
+            .workspaces
+            .iter()
+            .map(|b| Binding { workspace: b.name.clone(), source: self.claim_source(b) })
+            .collect();
+        let overrides: BTreeMap<&str, &PodTemplate> = self
+            .spec
+            .task_run_specs
+            .iter()
+            .filter_map(|s| Some((s.pipeline_task_name.as_str(), s.pod_template.as_ref()?)))
+            .collect();
+        let tasks = spec
+            .map(|spec| {
+                let tasks = spec.tasks.iter().map(|t| (t, false));
+                let finally = spec.finally.iter().map(|t| (t, true));
+                tasks
+                    .chain(finally)
+                    .map(|(t, finally)| TaskUsage {
+                        name: t.name.clone(),
+                        finally,
+                        workspaces: t.usage(),
+                        scheduling: overrides.get(t.name.as_str()).map(|p| Scheduling::from(*p)),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Run {
+            engine: "tekton",
+            namespace: self.metadata.namespace.clone(),
+            name: self.metadata.name.clone(),
+            uid: self.metadata.uid.clone(),
+            api_version: API_VERSION.into(),
+            kind: KIND_PIPELINE_RUN.into(),
+            created: self.metadata.creation_timestamp.clone(),
+            annotations: self.metadata.annotations.clone(),
+            phase,
+            bindings,
+            tasks,
+            scheduling: self
+                .spec
+                .task_run_template
+                .as_ref()
+                .and_then(|t| t.pod_template.as_ref())
+                .map(Scheduling::from)
+                .unwrap_or_default(),
+            engine_assistant: false,
+        })
+    }
+
+    fn claim_source(&self, b: &WorkspaceBinding) -> ClaimSource {
+        if let Some(c) = b.persistent_volume_claim.as_ref().filter(|c| !c.claim_name.is_empty()) {
+            ClaimSource::Claim(c.claim_name.clone())
+        } else if let Some(t) = &b.volume_claim_template {
+            ClaimSource::Template {
+                claim: template_claim_name(t.metadata.as_ref().map(|m| m.name.as_str()), &b.name, &self.metadata.uid),
+                access_modes: t.spec.as_ref().map(|s| s.access_modes.clone()).unwrap_or_default(),
+            }
+        } else {
+            ClaimSource::Other
+        }
+    }
+}
+
+impl PipelineTask {
+    /// The run workspaces this task binds; `None` when an embedded spec may use workspaces
+    /// the task does not bind (Tekton propagates them).
+    fn usage(&self) -> Option<Vec<String>> {
+        if self.workspaces.is_empty() && (self.task_spec.is_some() || self.pipeline_spec.is_some()) {
+            return None;
+        }
+        Some(
+            self.workspaces
+                .iter()
+                .map(|w| if w.workspace.is_empty() { w.name.clone() } else { w.workspace.clone() })
+                .collect(),
+        )
+    }
+}
+
+impl Pipeline {
+    pub fn from_value(value: &serde_json::Value) -> Result<Pipeline, ParseError> {
+        super::from_value(KIND_PIPELINE, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn template_claim_name_matches_tekton() {
+        // From the fixture pod shape: binding "source", run uid ...0001 -> pvc-abd8db64c5.
+        assert_eq!(template_claim_name(None, "source", "0d8f1a2b-0000-4000-8000-000000000001"), "pvc-abd8db64c5");
+        assert!(template_claim_name(Some("data"), "source", "u").starts_with("data-"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = PipelineRun::from_value(&json!({"metadata": {"name": "r"}, "spec": {"workspaces": [{"name": 3}]}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.workspaces[0].name"), "{err}");
+    }
+
+    #[test]
+    fn nulls_and_unknown_fields_are_tolerated() {
+        let pr = PipelineRun::from_value(&json!({
+            "metadata": {"name": "r", "annotations": null, "managedFields": [{}]},
+            "spec": {"workspaces": null, "somethingNew": 1, "pipelineSpec": {"tasks": null}},
+            "status": null
+        }))
+        .unwrap();
+        let run = pr.to_run().unwrap();
+        assert_eq!(run.phase, RunPhase::Active);
+        assert!(run.bindings.is_empty());
+    }
+
+    #[test]
+    fn phases() {
+        let phase = |v: serde_json::Value| PipelineRun::from_value(&v).unwrap().to_run().unwrap().phase;
+        let inline = json!({"tasks": []});
+        assert_eq!(phase(json!({"metadata": {"name": "r"}, "spec": {"pipelineSpec": inline}})), RunPhase::Active);
+        assert_eq!(
+            phase(json!({"metadata": {"name": "r"}, "spec": {"pipelineSpec": inline, "status": "PipelineRunPending"}})),
+            RunPhase::Pending
+        );
+        assert_eq!(
+            phase(json!({"metadata": {"name": "r"}, "spec": {"pipelineRef": {"name": "p"}}})),
+            RunPhase::AwaitingSpec
+        );
+        for s in ["True", "False"] {
+            assert_eq!(
+                phase(json!({"metadata": {"name": "r"}, "spec": {"pipelineSpec": inline},
+                    "status": {"conditions": [{"type": "Succeeded", "status": s}]}})),
+                RunPhase::Done
+            );
+        }
+        // Cancelled but still running finally tasks: still active until Succeeded is set.
+        assert_eq!(
+            phase(json!({"metadata": {"name": "r"}, "spec": {"pipelineSpec": inline, "status": "CancelledRunFinally"},
+                "status": {"conditions": [{"type": "Succeeded", "status": "Unknown"}]}})),
+            RunPhase::Active
+        );
+    }
+
+    #[test]
+    fn usage_reads_bindings_and_marks_propagation_unknown() {
+        let pr = PipelineRun::from_value(&json!({
+            "metadata": {"name": "r"},
+            "spec": {"pipelineSpec": {"tasks": [
+                {"name": "a", "taskRef": {"name": "t"}, "workspaces": [{"name": "src", "workspace": "ws"}, {"name": "cache"}]},
+                {"name": "b", "taskRef": {"name": "t"}},
+                {"name": "c", "taskSpec": {"steps": [{"script": "cat $(workspaces.ws.path)/x"}]}}
+            ], "finally": [{"name": "f", "workspaces": [{"name": "w", "workspace": "ws"}]}]}}
+        }))
+        .unwrap();
+        let run = pr.to_run().unwrap();
+        let usage: Vec<_> = run.tasks.iter().map(|t| (t.name.as_str(), t.finally, t.workspaces.clone())).collect();
+        assert_eq!(
+            usage,
+            vec![
+                ("a", false, Some(vec!["ws".to_string(), "cache".to_string()])),
+                ("b", false, Some(vec![])),
+                ("c", false, None),
+                ("f", true, Some(vec!["ws".to_string()])),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_pipeline_spec_wins_and_resolve_merges_annotations() {
+        let mut pr = PipelineRun::from_value(&json!({
+            "metadata": {"name": "r", "annotations": {"a": "run"}},
+            "spec": {"pipelineRef": {"name": "p"}}
+        }))
+        .unwrap();
+        let p = Pipeline::from_value(&json!({
+            "metadata": {"name": "p", "annotations": {"a": "pipeline", "b": "pipeline"}},
+            "spec": {"tasks": [{"name": "t", "workspaces": [{"name": "w"}]}]}
+        }))
+        .unwrap();
+        pr.resolve_with(&p);
+        let run = pr.to_run().unwrap();
+        assert_eq!(run.phase, RunPhase::Active);
+        assert_eq!(run.annotations["a"], "run");
+        assert_eq!(run.annotations["b"], "pipeline");
+        assert_eq!(run.tasks.len(), 1);
+    }
+
+    #[test]
+    fn pod_recognition() {
+        let pod: PodMeta = serde_json::from_value(json!({"labels": {
+            "tekton.dev/pipelineRun": "r", "tekton.dev/pipelineRunUID": "u", "tekton.dev/pipelineTask": "build"}}))
+        .unwrap();
+        assert_eq!(Tekton.pod_run(&pod), Some(RunRef { name: "r".into(), uid: Some("u".into()) }));
+        assert_eq!(Tekton.pod_task(&pod), Some("build"));
+        assert_eq!(Tekton.pod_skip(&pod), None);
+        let aa: PodMeta =
+            serde_json::from_value(json!({"labels": {"app.kubernetes.io/component": "affinity-assistant"}})).unwrap();
+        assert_eq!(Tekton.pod_skip(&aa), Some(EngineSkip::EnginePlaceholder));
+        let pinned: PodMeta =
+            serde_json::from_value(json!({"annotations": {"pipeline.tekton.dev/affinity-assistant": "x"}})).unwrap();
+        assert_eq!(Tekton.pod_skip(&pinned), Some(EngineSkip::EngineAssistant));
+        assert!(
+            coschedule_enabled(None) && coschedule_enabled(Some("workspaces")) && !coschedule_enabled(Some("disabled"))
+        );
+    }
+}

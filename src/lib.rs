@@ -1,0 +1,13 @@
+//! affinity-assistant: lets the parallel tasks of a pipeline run share a ReadWriteOnce volume.
+//!
+//! A pure decision [`core`] (runs + PVCs + config in, placeholders and pins out), engine
+//! adapters that read pipeline engines' objects ([`engine`]), and the shells around them
+//! (`render` today).
+
+pub mod config;
+pub mod core;
+pub mod engine;
+pub mod model;
+pub mod names;
+pub mod pod;
+pub mod render;

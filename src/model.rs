@@ -1,0 +1,180 @@
+//! Engine-neutral inputs of the decision core.
+//!
+//! An engine adapter (Tekton today) turns its objects into these; the core never sees an
+//! engine's own types. Everything here is plain data: cheap to build, compare and clone.
+
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, NodeSelector, Taint, Toleration};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where a run is in its life, as far as placeholders care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunPhase {
+    /// Running (or about to): its placeholders should exist.
+    Active,
+    /// Held back by its creator (Tekton `PipelineRunPending`).
+    Pending,
+    /// Finished, failed or cancelled.
+    Done,
+    /// Its pipeline is not resolved yet (Tekton sets `status.pipelineSpec` before any TaskRun).
+    AwaitingSpec,
+}
+
+/// A run of a pipeline engine (a Tekton PipelineRun).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Engine name, e.g. `tekton`.
+    pub engine: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// `apiVersion` and `kind` for owner references.
+    pub api_version: String,
+    pub kind: String,
+    /// RFC 3339 creation time: the order in which runs claim placeholders.
+    pub created: Option<String>,
+    /// Run annotations, already merged with its pipeline's (run wins).
+    pub annotations: BTreeMap<String, String>,
+    pub phase: RunPhase,
+    pub bindings: Vec<Binding>,
+    pub tasks: Vec<TaskUsage>,
+    /// Run-wide pod scheduling (Tekton `taskRunTemplate.podTemplate`).
+    pub scheduling: Scheduling,
+    /// The engine's own affinity assistant serves this run: the add-on stands down.
+    pub engine_assistant: bool,
+}
+
+/// A workspace binding of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub workspace: String,
+    pub source: ClaimSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimSource {
+    /// An existing PVC, by name.
+    Claim(String),
+    /// A PVC the engine creates per run from a template.
+    Template { claim: String, access_modes: Vec<String> },
+    /// emptyDir, configMap, secret, projected, csi: nothing to hold.
+    Other,
+}
+
+impl ClaimSource {
+    pub fn claim(&self) -> Option<&str> {
+        match self {
+            ClaimSource::Claim(c) | ClaimSource::Template { claim: c, .. } => Some(c),
+            ClaimSource::Other => None,
+        }
+    }
+}
+
+/// Which of the run's workspaces one task uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUsage {
+    pub name: String,
+    /// A `finally` task.
+    pub finally: bool,
+    /// Run workspace names; `None` when it cannot be read (propagated workspaces): the task
+    /// then counts as using every workspace of the run.
+    pub workspaces: Option<Vec<String>>,
+    /// Per-task pod scheduling overrides (Tekton `taskRunSpecs[].podTemplate`).
+    pub scheduling: Option<Scheduling>,
+}
+
+/// Pod scheduling constraints a run (or task) asks for.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scheduling {
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    pub affinity: Option<Affinity>,
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    pub priority_class_name: Option<String>,
+}
+
+impl Scheduling {
+    pub fn required_node_affinity(&self) -> Option<&NodeSelector> {
+        self.affinity.as_ref()?.node_affinity.as_ref()?.required_during_scheduling_ignored_during_execution.as_ref()
+    }
+
+    /// `self` with each field that `over` sets replaced (how Tekton applies a task's
+    /// podTemplate over the run's).
+    pub fn overlaid(&self, over: &Scheduling) -> Scheduling {
+        Scheduling {
+            node_selector: if over.node_selector.is_empty() {
+                self.node_selector.clone()
+            } else {
+                over.node_selector.clone()
+            },
+            tolerations: if over.tolerations.is_empty() { self.tolerations.clone() } else { over.tolerations.clone() },
+            affinity: over.affinity.clone().or_else(|| self.affinity.clone()),
+            image_pull_secrets: if over.image_pull_secrets.is_empty() {
+                self.image_pull_secrets.clone()
+            } else {
+                over.image_pull_secrets.clone()
+            },
+            priority_class_name: over.priority_class_name.clone().or_else(|| self.priority_class_name.clone()),
+        }
+    }
+}
+
+/// A PersistentVolumeClaim, as far as access modes go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClaimInfo {
+    pub name: String,
+    pub spec_access_modes: Vec<String>,
+    /// `status.accessModes`, authoritative once the claim is bound.
+    pub status_access_modes: Vec<String>,
+    pub bound: bool,
+    /// A PV pins the volume to one node (`nodeAffinity` on the hostname): the controller must
+    /// never move a placeholder holding it.
+    pub node_pinned: bool,
+}
+
+impl ClaimInfo {
+    pub fn access_modes(&self) -> &[String] {
+        if self.bound && !self.status_access_modes.is_empty() {
+            &self.status_access_modes
+        } else {
+            &self.spec_access_modes
+        }
+    }
+}
+
+/// A node, as far as scheduling checks go.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+/// A run that owns a placeholder (from its owner references).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnerRun {
+    pub name: String,
+    pub uid: String,
+}
+
+/// A placeholder that exists in the cluster.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExistingPlaceholder {
+    pub name: String,
+    pub claims: BTreeSet<String>,
+    pub owners: Vec<OwnerRun>,
+    /// The mode that created it (its annotation).
+    pub mode: Option<crate::config::Mode>,
+    /// Its pod's node selector (for pods checked before it is bound).
+    pub node_selector: BTreeMap<String, String>,
+    /// The node its pod is bound to.
+    pub node: Option<NodeInfo>,
+}
+
+/// A pinned pod that has not finished: demand for its placeholder (I4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedPod {
+    pub name: String,
+    pub run_uid: Option<String>,
+    pub placeholder: String,
+    pub claims: BTreeSet<String>,
+}

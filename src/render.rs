@@ -1,0 +1,583 @@
+//! `affinity-assistant render`: the decision core run offline over YAML files.
+//!
+//! It plays Tekton's part where its input lacks it: it resolves `pipelineRef` against the
+//! Pipelines given (as if Tekton had set `status.pipelineSpec` and merged the Pipeline's
+//! annotations), gives runs that only have `generateName` a marked stand-in name and uid, and
+//! assumes ReadWriteOnce for claims whose PVC is not among the inputs. It cannot see the
+//! cluster, so it applies config values as given.
+
+use crate::config::Config;
+use crate::core::claims::{AccessSource, task_claims};
+use crate::core::{self, Decision, MissingClaims, NamespaceState, Plan};
+use crate::engine::ParseError;
+use crate::engine::tekton::{self, Pipeline, PipelineRun};
+use crate::model::{ClaimInfo, Run};
+use crate::names;
+use crate::pod::{ClaimVolume, PodMeta, PodSpecView, TaskPod, VolumeView};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// One input file.
+pub struct Source {
+    /// The name errors use (a path, or `-` for standard input).
+    pub name: String,
+    pub text: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{file}: document {doc}: {message}")]
+    Document { file: String, doc: usize, message: String },
+    #[error("{file}: document {doc} ({what}): {source}")]
+    Parse { file: String, doc: usize, what: String, source: Box<ParseError> },
+    #[error("{file}: invalid feature-flags: {}", .errors.join("; "))]
+    Config { file: String, errors: Vec<String> },
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+    Table,
+}
+
+/// What one pipeline task's pod (or an input pod) would get.
+#[derive(Debug, Clone)]
+pub struct PodOutcome {
+    pub run: String,
+    pub task: String,
+    /// Claims the pod would mount.
+    pub claims: Vec<String>,
+    pub decision: Decision,
+}
+
+/// What `render` found, per namespace.
+#[derive(Debug, Clone)]
+pub struct NamespaceReport {
+    pub plan: Plan,
+    pub tasks: Vec<PodOutcome>,
+    /// Pods given as inputs.
+    pub pods: Vec<PodOutcome>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub namespaces: Vec<NamespaceReport>,
+    /// Things the reader should know: stand-ins, assumptions, skipped documents.
+    pub notes: Vec<String>,
+}
+
+struct Doc {
+    file: String,
+    index: usize,
+    value: Value,
+}
+
+impl Doc {
+    fn field(&self, path: &[&str]) -> Option<&str> {
+        path.iter().try_fold(&self.value, |v, k| v.get(k)).and_then(Value::as_str)
+    }
+
+    fn what(&self) -> String {
+        let kind = self.field(&["kind"]).unwrap_or("?");
+        match self.field(&["metadata", "name"]).or(self.field(&["metadata", "generateName"])) {
+            Some(n) => format!("{kind} {n}"),
+            None => kind.to_string(),
+        }
+    }
+
+    fn parse_err(&self, source: ParseError) -> RenderError {
+        RenderError::Parse { file: self.file.clone(), doc: self.index, what: self.what(), source: Box::new(source) }
+    }
+}
+
+/// Splits multi-document YAML (JSON is YAML too); `v1` Lists are flattened.
+fn documents(src: &Source) -> Result<Vec<Doc>, RenderError> {
+    let mut out = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(&src.text).enumerate() {
+        let index = i + 1;
+        let err = |message: String| RenderError::Document { file: src.name.clone(), doc: index, message };
+        let yaml = serde_yaml::Value::deserialize(de).map_err(|e| err(format!("not valid YAML: {e}")))?;
+        if yaml.is_null() {
+            continue;
+        }
+        let value: Value =
+            serde_json::to_value(&yaml).map_err(|e| err(format!("not a JSON-compatible document: {e}")))?;
+        if !value.is_object() || value.get("kind").and_then(Value::as_str).is_none() {
+            return Err(err("not a Kubernetes object (expected a mapping with apiVersion and kind)".into()));
+        }
+        if value.get("kind").and_then(Value::as_str) == Some("List") {
+            let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            out.extend(items.into_iter().map(|value| Doc { file: src.name.clone(), index, value }));
+        } else {
+            out.push(Doc { file: src.name.clone(), index, value });
+        }
+    }
+    Ok(out)
+}
+
+struct Inputs {
+    runs: Vec<(PipelineRun, String)>,
+    pipelines: Vec<Pipeline>,
+    pvcs: Vec<(String, ClaimInfo)>,
+    pods: Vec<TaskPod>,
+    config: Option<(String, BTreeMap<String, String>)>,
+    tekton_flags: Option<BTreeMap<String, String>>,
+}
+
+fn configmap_data(doc: &Doc) -> Result<BTreeMap<String, String>, RenderError> {
+    #[derive(Deserialize, Default)]
+    struct Cm {
+        #[serde(default, deserialize_with = "crate::engine::nullable")]
+        data: BTreeMap<String, String>,
+    }
+    crate::engine::from_value::<Cm>("ConfigMap", &doc.value).map(|c| c.data).map_err(|e| doc.parse_err(e))
+}
+
+fn is_tekton_flags(data: &BTreeMap<String, String>, doc: &Doc) -> bool {
+    data.contains_key(tekton::COSCHEDULE_KEY) || doc.field(&["metadata", "namespace"]) == Some("tekton-pipelines")
+}
+
+fn read_inputs(sources: &[Source], config: Option<&Source>, notes: &mut Vec<String>) -> Result<Inputs, RenderError> {
+    let mut inputs =
+        Inputs { runs: vec![], pipelines: vec![], pvcs: vec![], pods: vec![], config: None, tekton_flags: None };
+    for src in sources {
+        for doc in documents(src)? {
+            let api = doc.field(&["apiVersion"]).unwrap_or("");
+            let kind = doc.field(&["kind"]).unwrap_or("");
+            let ns = doc.field(&["metadata", "namespace"]).unwrap_or("default").to_string();
+            match (api, kind) {
+                (tekton::API_VERSION, tekton::KIND_PIPELINE_RUN) => {
+                    let run = PipelineRun::from_value(&doc.value).map_err(|e| doc.parse_err(e))?;
+                    inputs.runs.push((run, format!("{}, document {}", doc.file, doc.index)));
+                }
+                (tekton::API_VERSION, tekton::KIND_PIPELINE) => {
+                    inputs.pipelines.push(Pipeline::from_value(&doc.value).map_err(|e| doc.parse_err(e))?);
+                }
+                (a, tekton::KIND_PIPELINE_RUN | tekton::KIND_PIPELINE) if a.starts_with("tekton.dev/") => {
+                    notes.push(format!(
+                        "{}, document {}: {} skipped: only {} is read",
+                        doc.file,
+                        doc.index,
+                        doc.what(),
+                        tekton::API_VERSION
+                    ));
+                }
+                ("v1", "PersistentVolumeClaim") => {
+                    let pvc: PersistentVolumeClaim =
+                        crate::engine::from_value("PersistentVolumeClaim", &doc.value).map_err(|e| doc.parse_err(e))?;
+                    let info = claim_info(&pvc);
+                    if info.name.is_empty() {
+                        return Err(doc.parse_err(ParseError::Invalid {
+                            kind: "PersistentVolumeClaim".into(),
+                            message: "metadata.name is empty".into(),
+                        }));
+                    }
+                    inputs.pvcs.push((ns, info));
+                }
+                ("v1", "Pod") => inputs.pods.push(TaskPod::from_value(&doc.value).map_err(|e| doc.parse_err(e))?),
+                ("v1", "ConfigMap") if doc.field(&["metadata", "name"]) == Some("feature-flags") => {
+                    let data = configmap_data(&doc)?;
+                    if is_tekton_flags(&data, &doc) {
+                        inputs.tekton_flags = Some(data);
+                    } else {
+                        inputs.config = Some((doc.file.clone(), data));
+                    }
+                }
+                _ => skipped.push(doc.what()),
+            }
+        }
+        if !skipped.is_empty() {
+            notes.push(format!("{}: skipped (kinds render does not read): {}", src.name, skipped.join(", ")));
+        }
+    }
+    if let Some(src) = config {
+        let docs = documents(src)?;
+        let [doc] = docs.as_slice() else {
+            return Err(RenderError::Document {
+                file: src.name.clone(),
+                doc: docs.len(),
+                message: "--config expects exactly one ConfigMap (the add-on's feature-flags)".into(),
+            });
+        };
+        if doc.field(&["kind"]) != Some("ConfigMap") {
+            return Err(RenderError::Document {
+                file: src.name.clone(),
+                doc: doc.index,
+                message: format!("--config expects a ConfigMap, found {}", doc.what()),
+            });
+        }
+        let data = configmap_data(doc)?;
+        if is_tekton_flags(&data, doc) {
+            inputs.tekton_flags = Some(data);
+        } else {
+            inputs.config = Some((src.name.clone(), data));
+        }
+    }
+    Ok(inputs)
+}
+
+fn claim_info(pvc: &PersistentVolumeClaim) -> ClaimInfo {
+    let status = pvc.status.as_ref();
+    ClaimInfo {
+        name: pvc.metadata.name.clone().unwrap_or_default(),
+        spec_access_modes: pvc.spec.as_ref().and_then(|s| s.access_modes.clone()).unwrap_or_default(),
+        status_access_modes: status.and_then(|s| s.access_modes.clone()).unwrap_or_default(),
+        bound: status.and_then(|s| s.phase.as_deref()) == Some("Bound"),
+        node_pinned: false,
+    }
+}
+
+/// Reads the sources and decides what the add-on would do.
+pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, RenderError> {
+    let mut notes = Vec::new();
+    let inputs = read_inputs(sources, config, &mut notes)?;
+    let config = match &inputs.config {
+        None => Config::default(),
+        Some((file, data)) => match Config::from_data(data) {
+            Ok((c, unknown)) => {
+                if !unknown.is_empty() {
+                    notes.push(format!("{file}: unknown feature-flags keys ignored: {}", unknown.join(", ")));
+                }
+                c
+            }
+            Err(errors) => {
+                return Err(RenderError::Config {
+                    file: file.clone(),
+                    errors: errors.iter().map(|e| e.to_string()).collect(),
+                });
+            }
+        },
+    };
+    let tekton_coschedule = inputs.tekton_flags.as_ref().map(|f| f.get(tekton::COSCHEDULE_KEY).map(String::as_str));
+    if let Some(value) = tekton_coschedule.filter(|v| tekton::coschedule_enabled(*v)) {
+        notes.push(format!(
+            "Tekton's own affinity assistant is on (coschedule: {}): affinity-assistant stands down for the runs it \
+             serves; set coschedule: \"disabled\" in Tekton's feature-flags",
+            value.unwrap_or("workspaces (default)")
+        ));
+    }
+
+    let mut runs: Vec<Run> = Vec::new();
+    for (i, (pr, origin)) in inputs.runs.iter().enumerate() {
+        let mut pr = pr.clone();
+        if pr.metadata.namespace.is_empty() {
+            pr.metadata.namespace = "default".into();
+        }
+        if pr.metadata.name.is_empty() && !pr.metadata.generate_name.is_empty() {
+            pr.metadata.name = format!("{}-stand-in", pr.metadata.generate_name.trim_end_matches('-'));
+            notes.push(format!(
+                "{origin}: run {} is a stand-in name (it only has generateName); Tekton's names differ",
+                pr.metadata.name
+            ));
+        }
+        if pr.metadata.uid.is_empty() {
+            pr.metadata.uid = format!("00000000-0000-0000-0000-{:012}", i + 1);
+            if pr.spec.workspaces.iter().any(|w| w.volume_claim_template.is_some()) {
+                notes.push(format!(
+                    "{origin}: run {} has no uid; stand-in uid {} used, so its volumeClaimTemplate PVC names differ in a cluster",
+                    pr.metadata.name, pr.metadata.uid
+                ));
+            }
+        }
+        let resolved = pr.status.as_ref().is_some_and(|s| s.pipeline_spec.is_some());
+        if let (false, Some(r)) = (resolved, pr.spec.pipeline_ref.clone()) {
+            if !r.resolver.is_empty() {
+                notes.push(format!(
+                    "{origin}: run {} uses the {} resolver; render cannot fetch its Pipeline",
+                    pr.metadata.name, r.resolver
+                ));
+            } else if let Some(p) = inputs.pipelines.iter().find(|p| {
+                p.metadata.name == r.name
+                    && (p.metadata.namespace.is_empty() || p.metadata.namespace == pr.metadata.namespace)
+            }) {
+                pr.resolve_with(p);
+            } else {
+                notes.push(format!(
+                    "{origin}: run {} refers to Pipeline {}, which is not among the inputs",
+                    pr.metadata.name, r.name
+                ));
+            }
+        }
+        let mut run = pr.to_run().map_err(|source| RenderError::Parse {
+            file: origin.clone(),
+            doc: 0,
+            what: format!("PipelineRun {}", pr.metadata.name),
+            source: Box::new(source),
+        })?;
+        if let Some(value) = tekton_coschedule {
+            run.engine_assistant = tekton_would_serve(value, &run);
+        }
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        notes.push("no tekton.dev/v1 PipelineRun among the inputs: nothing to place".into());
+    }
+
+    let mut namespaces: Vec<String> = runs.iter().map(|r| r.namespace.clone()).collect();
+    namespaces.extend(inputs.pods.iter().map(|p| pod_namespace(p).to_string()));
+    namespaces.sort();
+    namespaces.dedup();
+
+    let mut reports = Vec::new();
+    for ns in &namespaces {
+        let ns_runs: Vec<Run> = runs.iter().filter(|r| &r.namespace == ns).cloned().collect();
+        let claims: BTreeMap<String, ClaimInfo> =
+            inputs.pvcs.iter().filter(|(n, _)| n == ns).map(|(_, c)| (c.name.clone(), c.clone())).collect();
+        let plan = core::plan(&NamespaceState {
+            namespace: ns,
+            config: &config,
+            runs: &ns_runs,
+            claims: &claims,
+            placeholders: &[],
+            pinned_pods: &[],
+            missing_claims: MissingClaims::AssumeReadWriteOnce,
+        });
+        for rp in &plan.runs {
+            for c in rp.claims.iter().filter(|c| c.access == AccessSource::Assumed) {
+                notes.push(format!(
+                    "claim {ns}/{} (run {}) is not among the inputs: assumed ReadWriteOnce",
+                    c.name, rp.name
+                ));
+            }
+        }
+        let tasks = ns_runs
+            .iter()
+            .flat_map(|run| {
+                let plan = &plan;
+                task_claims(run).into_iter().zip(&run.tasks).map(move |((task, claims), usage)| {
+                    let claims: Vec<String> = claims.into_iter().collect();
+                    let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_ref());
+                    PodOutcome {
+                        run: run.name.clone(),
+                        task: task.to_string(),
+                        claims,
+                        decision: core::decide(&pod, plan, true),
+                    }
+                })
+            })
+            .collect();
+        let pods = inputs
+            .pods
+            .iter()
+            .filter(|p| pod_namespace(p) == ns)
+            .map(|pod| PodOutcome {
+                run: pod.metadata.labels.get(tekton::LABEL_PIPELINE_RUN).cloned().unwrap_or_default(),
+                task: pod.metadata.display_name(),
+                claims: pod.claims().into_iter().map(String::from).collect(),
+                decision: core::decide(pod, &plan, true),
+            })
+            .collect();
+        reports.push(NamespaceReport { plan, tasks, pods });
+    }
+    Ok(Report { namespaces: reports, notes })
+}
+
+fn pod_namespace(pod: &TaskPod) -> &str {
+    if pod.metadata.namespace.is_empty() { "default" } else { &pod.metadata.namespace }
+}
+
+/// Whether Tekton's own assistant would serve a run, given its `coschedule` flag.
+fn tekton_would_serve(coschedule: Option<&str>, run: &Run) -> bool {
+    match coschedule.map(str::trim) {
+        Some("disabled") => false,
+        Some("pipelineruns" | "isolate-pipelinerun") => true,
+        _ => run.bindings.iter().any(|b| b.source.claim().is_some()),
+    }
+}
+
+/// The pod Tekton would create for a pipeline task: its labels, the run's annotations, a PVC
+/// volume per claim, and the run's pod template overlaid with the task's.
+fn task_pod(
+    run: &Run,
+    task: &str,
+    finally: bool,
+    claims: &[String],
+    over: Option<&crate::model::Scheduling>,
+) -> TaskPod {
+    let scheduling = over.map(|o| run.scheduling.overlaid(o)).unwrap_or_else(|| run.scheduling.clone());
+    let labels: BTreeMap<String, String> = [
+        (tekton::LABEL_PIPELINE_RUN, run.name.clone()),
+        (tekton::LABEL_PIPELINE_RUN_UID, run.uid.clone()),
+        (tekton::LABEL_PIPELINE_TASK, task.to_string()),
+        ("tekton.dev/memberOf", if finally { "finally" } else { "tasks" }.to_string()),
+        (names::LABEL_APP_MANAGED_BY, "tekton-pipelines".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    TaskPod {
+        metadata: PodMeta {
+            name: format!("{}-{task}-pod", run.name),
+            generate_name: String::new(),
+            namespace: run.namespace.clone(),
+            labels,
+            annotations: run.annotations.clone(),
+        },
+        spec: PodSpecView {
+            volumes: claims
+                .iter()
+                .enumerate()
+                .map(|(i, c)| VolumeView {
+                    name: format!("ws-{i}"),
+                    persistent_volume_claim: Some(ClaimVolume { claim_name: c.clone() }),
+                })
+                .collect(),
+            node_selector: scheduling.node_selector,
+            tolerations: scheduling.tolerations,
+            affinity: scheduling.affinity,
+        },
+    }
+}
+
+impl Report {
+    pub fn placeholders(&self) -> impl Iterator<Item = &k8s_openapi::api::apps::v1::StatefulSet> {
+        self.namespaces.iter().flat_map(|n| n.plan.placeholders.iter().filter_map(|p| p.create.as_ref()))
+    }
+
+    pub fn format(&self, format: Format) -> String {
+        match format {
+            Format::Yaml => self.to_yaml(),
+            Format::Json => self.to_json(),
+            Format::Table => self.to_table(),
+        }
+    }
+
+    /// Apply-able StatefulSets; everything else as YAML comments.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for line in self.summary_lines() {
+            let _ = writeln!(out, "# {line}");
+        }
+        for sts in self.placeholders() {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(sts).unwrap_or_default());
+        }
+        out
+    }
+
+    /// A `v1` List of the StatefulSets (notes go to standard error in the CLI).
+    pub fn to_json(&self) -> String {
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": self.placeholders().collect::<Vec<_>>(),
+        });
+        serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
+    }
+
+    /// Runs, placeholders and what each task's pod gets, and notes.
+    pub fn summary_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for ns in &self.namespaces {
+            for rp in &ns.plan.runs {
+                lines.push(format!(
+                    "run {}/{} ({} mode): {}",
+                    ns.plan.namespace,
+                    rp.name,
+                    rp.mode,
+                    rp.status.describe()
+                ));
+                for w in &rp.warnings {
+                    lines.push(format!("  warning: {w}"));
+                }
+                for t in ns.tasks.iter().filter(|t| t.run == rp.name) {
+                    lines.push(format!("  task {}: {}", t.task, outcome(&t.decision)));
+                }
+            }
+            for p in &ns.pods {
+                lines.push(format!("pod {}/{}: {}", ns.plan.namespace, p.task, outcome(&p.decision)));
+            }
+            for w in &ns.plan.warnings {
+                lines.push(format!("warning: {w}"));
+            }
+        }
+        lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
+        lines
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let mut placeholders = vec![row(["NAMESPACE", "PLACEHOLDER", "MODE", "CLAIMS", "RUNS"])];
+        let mut runs = vec![row(["NAMESPACE", "RUN", "MODE", "STATUS", "CLAIMS"])];
+        let mut tasks = vec![row(["NAMESPACE", "RUN", "TASK", "CLAIMS", "POD GETS"])];
+        for ns in &self.namespaces {
+            let n = ns.plan.namespace.as_str();
+            for p in &ns.plan.placeholders {
+                let owners: Vec<&str> = p.owners.iter().map(|o| o.name.as_str()).collect();
+                placeholders.push(row([n, &p.name, p.mode.as_str(), &csv(p.claims.iter()), &csv(owners.iter())]));
+            }
+            for rp in &ns.plan.runs {
+                let claims: Vec<String> = rp
+                    .claims
+                    .iter()
+                    .map(|c| match c.access {
+                        AccessSource::Assumed => format!("{} (assumed RWO)", c.name),
+                        _ => c.name.clone(),
+                    })
+                    .collect();
+                runs.push(row([n, &rp.name, rp.mode.as_str(), &rp.status.describe(), &csv(claims.iter())]));
+            }
+            for t in ns.tasks.iter().chain(&ns.pods) {
+                tasks.push(row([n, &t.run, &t.task, &csv(t.claims.iter()), &outcome(&t.decision)]));
+            }
+        }
+        for (title, rows) in [("Placeholders", placeholders), ("Runs", runs), ("Task pods", tasks)] {
+            let _ = writeln!(out, "{title}:");
+            if rows.len() == 1 {
+                out.push_str("  (none)\n\n");
+                continue;
+            }
+            out.push_str(&columns(&rows));
+            out.push('\n');
+        }
+        let warnings: Vec<String> = self
+            .namespaces
+            .iter()
+            .flat_map(|ns| {
+                ns.plan.runs.iter().flat_map(|r| r.warnings.iter().cloned()).chain(ns.plan.warnings.iter().cloned())
+            })
+            .collect();
+        for (title, items) in [("Warnings", &warnings), ("Notes", &self.notes)] {
+            if !items.is_empty() {
+                let _ = writeln!(out, "{title}:");
+                for n in items {
+                    let _ = writeln!(out, "  - {n}");
+                }
+            }
+        }
+        out
+    }
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+fn csv<T: AsRef<str>>(items: impl Iterator<Item = T>) -> String {
+    let v: Vec<String> = items.map(|s| s.as_ref().to_string()).collect();
+    if v.is_empty() { "-".into() } else { v.join(",") }
+}
+
+fn columns(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    }
+    out
+}
+
+/// One line for people: what a pod gets.
+pub fn outcome(d: &Decision) -> String {
+    match d {
+        Decision::Pin(p) => format!("pinned to {}", p.placeholder),
+        Decision::Skip(s) => format!("not pinned ({}): {}", s.reason.as_str(), s.message),
+    }
+}
