@@ -146,6 +146,7 @@ fn read_inputs(sources: &[Source], config: Option<&Source>, notes: &mut Vec<Stri
     let mut inputs =
         Inputs { runs: vec![], pipelines: vec![], pvcs: vec![], pods: vec![], config: None, tekton_flags: None };
     for src in sources {
+        let mut skipped = Vec::new();
         for doc in documents(src)? {
             let api = doc.field(&["apiVersion"]).unwrap_or("");
             let kind = doc.field(&["kind"]).unwrap_or("");
