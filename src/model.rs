@@ -164,6 +164,8 @@ pub struct ExistingPlaceholder {
     pub owners: Vec<OwnerRun>,
     /// The mode that created it (its annotation).
     pub mode: Option<crate::config::Mode>,
+    /// The mode each run it serves was first seen with, by run uid.
+    pub run_modes: BTreeMap<String, crate::config::Mode>,
     /// Its pod's node selector (for pods checked before it is bound).
     pub node_selector: BTreeMap<String, String>,
     /// The node its pod is bound to.

@@ -32,6 +32,9 @@ pub const ANNOTATION_ENABLED: &str = "affinity-assistant.dev/enabled";
 pub const ANNOTATION_MODE: &str = "affinity-assistant.dev/mode";
 /// On placeholders: comma-separated names of the runs it serves (owner references carry the uids).
 pub const ANNOTATION_RUNS: &str = "affinity-assistant.dev/runs";
+/// On placeholders: `<run uid>=<mode>,...`, the mode each run it serves was first seen with,
+/// so a run keeps its mode across config changes and restarts.
+pub const ANNOTATION_RUN_MODES: &str = "affinity-assistant.dev/run-modes";
 
 /// The topology key of every term the add-on writes.
 pub const TOPOLOGY_HOSTNAME: &str = "kubernetes.io/hostname";
@@ -174,6 +177,7 @@ mod tests {
             ANNOTATION_ENABLED,
             ANNOTATION_MODE,
             ANNOTATION_RUNS,
+            ANNOTATION_RUN_MODES,
         ] {
             assert!(is_qualified_name(k), "{k}");
             assert!(k.starts_with(DOMAIN), "{k}");

@@ -50,6 +50,8 @@ pub struct PlaceholderParts<'a> {
     pub claims: &'a BTreeSet<String>,
     pub mode: Mode,
     pub owners: &'a [Owner],
+    /// The mode of each owner, by uid.
+    pub run_modes: &'a BTreeMap<String, Mode>,
     /// The scheduling of the run that creates it.
     pub scheduling: &'a Scheduling,
     pub anti_affinity: AntiAffinity,
@@ -123,6 +125,22 @@ fn string_map<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> BTreeMa
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+/// `uid=mode,uid=mode`: the value of [`names::ANNOTATION_RUN_MODES`].
+pub fn run_modes_annotation(modes: &BTreeMap<String, Mode>) -> String {
+    modes.iter().map(|(uid, m)| format!("{uid}={m}")).collect::<Vec<_>>().join(",")
+}
+
+/// Reads [`names::ANNOTATION_RUN_MODES`]; entries it cannot read are dropped.
+pub fn parse_run_modes(value: &str) -> BTreeMap<String, Mode> {
+    value
+        .split(',')
+        .filter_map(|pair| {
+            let (uid, mode) = pair.trim().split_once('=')?;
+            Some((uid.to_string(), mode.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The complete StatefulSet of a new placeholder.
 pub fn statefulset(parts: &PlaceholderParts<'_>) -> StatefulSet {
     let labels = string_map(names::placeholder_labels(parts.name));
@@ -167,6 +185,7 @@ pub fn statefulset(parts: &PlaceholderParts<'_>) -> StatefulSet {
                 (names::ANNOTATION_MODE, parts.mode.as_str().to_string()),
                 (names::ANNOTATION_CLAIMS, claims_csv),
                 (names::ANNOTATION_RUNS, runs_csv),
+                (names::ANNOTATION_RUN_MODES, run_modes_annotation(parts.run_modes)),
             ])),
             owner_references: (!parts.owners.is_empty()).then(|| parts.owners.iter().map(Owner::reference).collect()),
             ..Default::default()

@@ -94,6 +94,8 @@ pub struct PlannedPlaceholder {
     pub mode: Mode,
     /// Active runs that use it: its owner references.
     pub owners: Vec<Owner>,
+    /// The mode of each owner, by uid ([`names::ANNOTATION_RUN_MODES`]).
+    pub run_modes: BTreeMap<String, Mode>,
     /// Unfinished pinned pods that need it (I4).
     pub pinned_pods: Vec<String>,
     pub node: Option<NodeInfo>,
@@ -139,6 +141,8 @@ struct Slot {
     /// Run uids in its owner references, and runs whose pinned pods need it: these runs keep
     /// using it while the add-on is disabled.
     prior_owners: BTreeSet<String>,
+    /// Recorded modes of the runs it served, by uid.
+    prior_modes: BTreeMap<String, Mode>,
     users: BTreeSet<usize>,
     pinned_pods: Vec<String>,
     node: Option<NodeInfo>,
@@ -199,6 +203,24 @@ impl<'a> Builder<'a> {
         idx
     }
 
+    /// A placeholder to create for run `ri`, with that run's scheduling.
+    fn add_new(&mut self, name: String, claims: BTreeSet<String>, mode: Mode, ri: usize) -> usize {
+        let node_selector = placeholder::merged_node_selector(self.state.config, &self.state.runs[ri].scheduling);
+        self.add_slot(Slot {
+            name,
+            claims,
+            mode,
+            existing: false,
+            prior_owners: BTreeSet::new(),
+            prior_modes: BTreeMap::new(),
+            users: BTreeSet::new(),
+            pinned_pods: Vec::new(),
+            node: None,
+            node_selector,
+            creator: Some(ri),
+        })
+    }
+
     fn add_existing(&mut self, e: &ExistingPlaceholder) {
         if self.by_name.contains_key(&e.name) {
             return;
@@ -219,6 +241,7 @@ impl<'a> Builder<'a> {
             mode: e.mode.unwrap_or(self.state.config.mode),
             existing: true,
             prior_owners: e.owners.iter().map(|o| o.uid.clone()).collect(),
+            prior_modes: e.run_modes.clone(),
             users: BTreeSet::new(),
             pinned_pods: Vec::new(),
             node: e.node.clone(),
@@ -255,6 +278,7 @@ impl<'a> Builder<'a> {
             mode,
             existing: false,
             prior_owners: p.run_uid.iter().cloned().collect(),
+            prior_modes: BTreeMap::new(),
             users: BTreeSet::new(),
             pinned_pods: vec![p.name.clone()],
             node: None,
@@ -270,12 +294,14 @@ impl<'a> Builder<'a> {
         let mut warnings = Vec::new();
         let owned: BTreeSet<usize> =
             (0..self.slots.len()).filter(|&i| self.slots[i].prior_owners.contains(&run.uid)).collect();
+        // The mode is fixed when the run is first seen: recorded on the placeholders it uses.
+        let recorded = self.slots.iter().find_map(|s| s.prior_modes.get(&run.uid).copied());
         let mode = match annotated_mode(run) {
             Ok(Some(m)) => m,
-            Ok(None) => owned.iter().next().map(|&i| self.slots[i].mode).unwrap_or(state.config.mode),
+            Ok(None) => recorded.unwrap_or(state.config.mode),
             Err(e) => {
                 warnings.push(e);
-                owned.iter().next().map(|&i| self.slots[i].mode).unwrap_or(state.config.mode)
+                recorded.unwrap_or(state.config.mode)
             }
         };
         let mut rp = RunPlan {
@@ -319,13 +345,21 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
-            let needs_new = !remainder.is_empty() || (group.is_empty() && mode.per_run() && targets.is_empty());
-            if needs_new && may_create {
-                let name = if remainder.is_empty() {
-                    names::placeholder_name(NameSeed::Run { name: &run.name, uid: &run.uid })
-                } else {
-                    names::placeholder_name(NameSeed::Claims(&remainder))
-                };
+            if group.is_empty() && mode.per_run() {
+                // A per-run placeholder with no claim: named after the run, so found by name.
+                let name = names::placeholder_name(NameSeed::Run { name: &run.name, uid: &run.uid });
+                match self.by_name.get(&name) {
+                    Some(&i) if usable(i) => {
+                        targets.insert(i);
+                    }
+                    Some(_) => {}
+                    None if may_create => {
+                        targets.insert(self.add_new(name, BTreeSet::new(), mode, ri));
+                    }
+                    None => {}
+                }
+            } else if !remainder.is_empty() && may_create {
+                let name = names::placeholder_name(NameSeed::Claims(&remainder));
                 if let Some(&taken) = self.by_name.get(&name) {
                     rp.warnings.push(format!(
                         "placeholder name {name} is taken by a placeholder holding [{}]; claims [{}] are not held",
@@ -333,20 +367,7 @@ impl<'a> Builder<'a> {
                         join(&remainder)
                     ));
                 } else {
-                    let node_selector = placeholder::merged_node_selector(state.config, &run.scheduling);
-                    let idx = self.add_slot(Slot {
-                        name,
-                        claims: remainder,
-                        mode,
-                        existing: false,
-                        prior_owners: BTreeSet::new(),
-                        users: BTreeSet::new(),
-                        pinned_pods: Vec::new(),
-                        node: None,
-                        node_selector,
-                        creator: Some(ri),
-                    });
-                    targets.insert(idx);
+                    targets.insert(self.add_new(name, remainder, mode, ri));
                 }
             } else if !remainder.is_empty() {
                 rp.warnings.push(format!(
@@ -397,6 +418,7 @@ impl<'a> Builder<'a> {
                     ));
                 }
                 self.slots[i].users.insert(ri);
+                self.slots[i].prior_modes.insert(run.uid.clone(), mode);
             }
         }
         rp
@@ -425,6 +447,14 @@ impl<'a> Builder<'a> {
                 })
                 .collect();
             owners.sort();
+            let run_modes: BTreeMap<String, Mode> = slot
+                .users
+                .iter()
+                .filter_map(|&u| {
+                    let uid = &state.runs[u].uid;
+                    Some((uid.clone(), *slot.prior_modes.get(uid)?))
+                })
+                .collect();
             let create = (!slot.existing).then(|| {
                 let scheduling = slot.creator.map(|c| &state.runs[c].scheduling).unwrap_or(&NO_SCHEDULING);
                 let anti_affinity = match slot.mode {
@@ -439,6 +469,7 @@ impl<'a> Builder<'a> {
                     claims: &slot.claims,
                     mode: slot.mode,
                     owners: &owners,
+                    run_modes: &run_modes,
                     scheduling,
                     anti_affinity,
                     config: state.config,
@@ -449,6 +480,7 @@ impl<'a> Builder<'a> {
                 claims: slot.claims.clone(),
                 mode: slot.mode,
                 owners,
+                run_modes,
                 pinned_pods: slot.pinned_pods.clone(),
                 node: slot.node.clone(),
                 node_selector: slot.node_selector.clone(),

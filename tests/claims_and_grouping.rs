@@ -1,0 +1,482 @@
+//! SPEC "Which claims are managed" and "Grouping": one test per rule.
+
+mod common;
+
+use affinity_assistant::config::{AntiAffinity, Mode};
+use affinity_assistant::core::RunStatus;
+use affinity_assistant::core::claims::{AccessSource, IgnoreReason};
+use affinity_assistant::engine::tekton::template_claim_name;
+use affinity_assistant::model::RunPhase;
+use affinity_assistant::names;
+use common::*;
+use serde_json::json;
+
+fn placeholder_claims(plan: &affinity_assistant::core::Plan) -> Vec<Vec<String>> {
+    plan.placeholders.iter().map(|p| p.claims.iter().cloned().collect()).collect()
+}
+
+// --- Which runs are active ---------------------------------------------------------------
+
+#[test]
+fn done_pending_and_unresolved_runs_get_no_placeholder() {
+    let mut done_true = run_json("t", &[("w", "a")], &[("x", &["w"])]);
+    done_true["status"]["conditions"][0]["status"] = json!("True");
+    let mut done_false = run_json("f", &[("w", "b")], &[("x", &["w"])]);
+    done_false["status"]["conditions"][0]["status"] = json!("False");
+    let mut pending = run_json("p", &[("w", "c")], &[("x", &["w"])]);
+    pending["spec"]["status"] = json!("PipelineRunPending");
+    let mut unresolved = run_json("u", &[("w", "d")], &[("x", &["w"])]);
+    unresolved["status"].as_object_mut().unwrap().remove("pipelineSpec");
+    let w = World::new(
+        vec![to_run(&done_true), to_run(&done_false), to_run(&pending), to_run(&unresolved)],
+        rwo(&["a", "b", "c", "d"]),
+    );
+    let plan = w.plan();
+    assert!(plan.placeholders.is_empty(), "{:?}", plan.placeholders);
+    let statuses: Vec<_> = plan.runs.iter().map(|r| (r.name.as_str(), r.status.clone())).collect();
+    assert!(statuses.contains(&("t", RunStatus::NotActive(RunPhase::Done))));
+    assert!(statuses.contains(&("f", RunStatus::NotActive(RunPhase::Done))));
+    assert!(statuses.contains(&("p", RunStatus::NotActive(RunPhase::Pending))));
+    assert!(statuses.contains(&("u", RunStatus::NotActive(RunPhase::AwaitingSpec))));
+}
+
+#[test]
+fn inline_pipeline_spec_runs_are_active_without_status() {
+    let mut v = run_json("r", &[("w", "a")], &[("x", &["w"])]);
+    let spec = v["status"]["pipelineSpec"].take();
+    v["spec"]["pipelineSpec"] = spec;
+    v["spec"].as_object_mut().unwrap().remove("pipelineRef");
+    v.as_object_mut().unwrap().remove("status");
+    let plan = World::new(vec![to_run(&v)], rwo(&["a"])).plan();
+    assert_eq!(placeholder_claims(&plan), vec![vec!["a".to_string()]]);
+}
+
+#[test]
+fn opted_out_runs_get_nothing() {
+    let mut v = run_json("r", &[("w", "a")], &[("x", &["w"])]);
+    v["metadata"]["annotations"][names::ANNOTATION_ENABLED] = json!("false");
+    let plan = World::new(vec![to_run(&v)], rwo(&["a"])).plan();
+    assert!(plan.placeholders.is_empty());
+    assert_eq!(plan.runs[0].status, RunStatus::OptedOut);
+}
+
+#[test]
+fn unreadable_opt_out_value_means_hands_off() {
+    let mut v = run_json("r", &[("w", "a")], &[("x", &["w"])]);
+    v["metadata"]["annotations"][names::ANNOTATION_ENABLED] = json!("nope");
+    let plan = World::new(vec![to_run(&v)], rwo(&["a"])).plan();
+    assert!(plan.placeholders.is_empty());
+    assert!(matches!(&plan.runs[0].status, RunStatus::InvalidAnnotation(m) if m.contains("nope")));
+}
+
+// --- Which claims ---------------------------------------------------------------------------
+
+#[test]
+fn claim_sources_map_to_claims() {
+    let r = run("r", &[("a", "existing"), ("b", "vct:data"), ("c", "emptyDir")], &[("x", &["a", "b", "c"])]);
+    let vct = template_claim_name(Some("data"), "b", &uid("r"));
+    let plan = World::new(vec![r], rwo(&["existing"])).plan();
+    let rp = &plan.runs[0];
+    let managed: Vec<_> = rp.claims.iter().map(|c| (c.name.clone(), c.access)).collect();
+    assert_eq!(managed, vec![("existing".to_string(), AccessSource::Claim), (vct.clone(), AccessSource::Template)]);
+    assert_eq!(rp.ignored.len(), 1);
+    assert_eq!(rp.ignored[0].reason, IgnoreReason::NotAClaim);
+    assert_eq!(
+        placeholder_claims(&plan),
+        vec![{
+            let mut v = vec!["existing".to_string(), vct];
+            v.sort();
+            v
+        }]
+    );
+}
+
+#[test]
+fn access_modes_decide_what_is_managed() {
+    let cases: &[(&[&str], bool)] = &[
+        (&["ReadWriteOnce"], true),
+        (&["ReadWriteMany"], false),
+        (&["ReadOnlyMany"], false),
+        (&["ReadWriteOnce", "ReadOnlyMany"], false),
+        (&["ReadWriteOncePod"], false),
+        (&[], false),
+    ];
+    for (modes, managed) in cases {
+        let r = run("r", &[("w", "c")], &[("x", &["w"])]);
+        let mut w = World::new(vec![r], Default::default());
+        w.claims.insert("c".into(), pvc("c", modes));
+        let plan = w.plan();
+        assert_eq!(!plan.placeholders.is_empty(), *managed, "{modes:?}");
+        assert_eq!(plan.runs[0].claims.is_empty(), !managed, "{modes:?}");
+    }
+}
+
+#[test]
+fn bound_status_modes_win_over_spec() {
+    let r = run("r", &[("w", "c")], &[("x", &["w"])]);
+    let mut w = World::new(vec![r], Default::default());
+    let mut c = pvc("c", &["ReadWriteOnce"]);
+    c.bound = true;
+    c.status_access_modes = vec!["ReadWriteMany".into()];
+    w.claims.insert("c".into(), c.clone());
+    assert!(w.plan().placeholders.is_empty(), "status RWX wins when bound");
+    c.bound = false;
+    w.claims.insert("c".into(), c);
+    assert_eq!(w.plan().placeholders.len(), 1, "spec is read while unbound");
+}
+
+#[test]
+fn template_modes_apply_until_the_pvc_exists() {
+    let mut v = run_json("r", &[("w", "vct:data")], &[("x", &["w"])]);
+    v["spec"]["workspaces"][0]["volumeClaimTemplate"]["spec"]["accessModes"] = json!(["ReadWriteMany"]);
+    let r = to_run(&v);
+    let claim = template_claim_name(Some("data"), "w", &r.uid);
+    let mut w = World::new(vec![r], Default::default());
+    assert!(w.plan().placeholders.is_empty(), "template says RWX");
+    w.claims.insert(claim.clone(), pvc(&claim, &["ReadWriteOnce"]));
+    assert_eq!(w.plan().placeholders.len(), 1, "the PVC, once seen, wins");
+}
+
+#[test]
+fn missing_claims_wait_in_the_cluster() {
+    let plan = World::new(vec![run("r", &[("w", "c")], &[("x", &["w"])])], Default::default()).plan();
+    assert!(plan.placeholders.is_empty());
+    assert_eq!(plan.runs[0].ignored[0].reason, IgnoreReason::Missing);
+}
+
+#[test]
+fn two_workspaces_bound_to_one_claim_make_one_placeholder() {
+    // Tekton's own assistant makes one placeholder per workspace here, both mounting the claim.
+    let r = run("r", &[("a", "c"), ("b", "c")], &[("x", &["a"]), ("y", &["b"])]);
+    let plan = World::new(vec![r.clone()], rwo(&["c"])).plan();
+    assert_eq!(placeholder_claims(&plan), vec![vec!["c".to_string()]]);
+    assert_eq!(plan.runs[0].claims[0].workspaces, vec!["a".to_string(), "b".to_string()]);
+    let x = expect_pin(affinity_assistant::core::decide(&pod(&r, "x", &["c"]), &plan, true));
+    let y = expect_pin(affinity_assistant::core::decide(&pod(&r, "y", &["c"]), &plan, true));
+    assert_eq!(x.placeholder, y.placeholder);
+}
+
+// --- Grouping: workspaces mode --------------------------------------------------------------
+
+#[test]
+fn workspaces_mode_groups_claims_one_task_binds_together() {
+    // Tekton rejects a run whose task binds two claims; here they share one placeholder.
+    let r = run(
+        "r",
+        &[("a", "ca"), ("b", "cb"), ("c", "cc"), ("d", "cd")],
+        &[("t1", &["a", "b"]), ("t2", &["b", "c"]), ("t3", &["d"]), ("t4", &[])],
+    );
+    let plan = World::new(vec![r], rwo(&["ca", "cb", "cc", "cd"])).plan();
+    assert_eq!(
+        placeholder_claims(&plan),
+        vec![vec!["ca".to_string(), "cb".to_string(), "cc".to_string()], vec!["cd".to_string()]]
+    );
+}
+
+#[test]
+fn claims_no_task_uses_get_no_placeholder() {
+    let r = run("r", &[("a", "ca"), ("b", "cb")], &[("t", &["a"])]);
+    let plan = World::new(vec![r], rwo(&["ca", "cb"])).plan();
+    assert_eq!(placeholder_claims(&plan), vec![vec!["ca".to_string()]]);
+}
+
+#[test]
+fn finally_tasks_count() {
+    let mut v = run_json("r", &[("a", "ca"), ("b", "cb")], &[("t", &["a"])]);
+    v["status"]["pipelineSpec"]["finally"] =
+        json!([{"name": "cleanup", "workspaces": [{"name": "x", "workspace": "a"}, {"name": "y", "workspace": "b"}]}]);
+    let plan = World::new(vec![to_run(&v)], rwo(&["ca", "cb"])).plan();
+    assert_eq!(placeholder_claims(&plan), vec![vec!["ca".to_string(), "cb".to_string()]]);
+}
+
+#[test]
+fn unreadable_usage_counts_as_every_claim() {
+    let mut v = run_json("r", &[("a", "ca"), ("b", "cb")], &[("t", &["a"])]);
+    v["status"]["pipelineSpec"]["tasks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "propagated", "taskSpec": {"steps": [{"script": "ls $(workspaces.b.path)"}]}}));
+    let plan = World::new(vec![to_run(&v)], rwo(&["ca", "cb"])).plan();
+    assert_eq!(placeholder_claims(&plan), vec![vec!["ca".to_string(), "cb".to_string()]]);
+}
+
+// --- Grouping: per-run modes ------------------------------------------------------------------
+
+fn with_mode(
+    name: &str,
+    mode: &str,
+    bindings: &[(&str, &str)],
+    tasks: &[(&str, &[&str])],
+) -> affinity_assistant::model::Run {
+    let mut v = run_json(name, bindings, tasks);
+    v["metadata"]["annotations"][names::ANNOTATION_MODE] = json!(mode);
+    to_run(&v)
+}
+
+#[test]
+fn pipelineruns_mode_holds_every_claim_and_pins_every_pod() {
+    let r = with_mode("r", "pipelineruns", &[("a", "ca"), ("b", "cb")], &[("t1", &["a"]), ("t2", &["b"]), ("t3", &[])]);
+    let plan = World::new(vec![r.clone()], rwo(&["ca", "cb"])).plan();
+    assert_eq!(placeholder_claims(&plan), vec![vec!["ca".to_string(), "cb".to_string()]]);
+    let home = plan.runs[0].home.clone().expect("a home placeholder");
+    for (task, claims) in [("t1", vec!["ca"]), ("t2", vec!["cb"]), ("t3", vec![])] {
+        let pin = expect_pin(affinity_assistant::core::decide(&pod(&r, task, &claims), &plan, true));
+        assert_eq!(pin.placeholder, home, "{task}");
+    }
+}
+
+#[test]
+fn pipelineruns_mode_without_claims_still_colocates() {
+    let r = with_mode("r", "pipelineruns", &[("a", "emptyDir")], &[("t1", &["a"]), ("t2", &[])]);
+    let plan = World::new(vec![r.clone()], Default::default()).plan();
+    assert_eq!(plan.placeholders.len(), 1);
+    assert!(plan.placeholders[0].claims.is_empty());
+    expect_pin(affinity_assistant::core::decide(&pod(&r, "t2", &[]), &plan, true));
+}
+
+#[test]
+fn workspaces_mode_skips_pods_without_managed_claims() {
+    let r = run("r", &[("a", "ca")], &[("t1", &["a"]), ("t2", &[])]);
+    let plan = World::new(vec![r.clone()], rwo(&["ca"])).plan();
+    let s = expect_skip(affinity_assistant::core::decide(&pod(&r, "t2", &[]), &plan, true));
+    assert_eq!(s.reason, affinity_assistant::core::SkipReason::NoManagedClaim);
+    assert!(!s.reason.warns());
+}
+
+#[test]
+fn isolate_mode_uses_required_anti_affinity() {
+    let r = with_mode("r", "isolate-pipelinerun", &[("a", "ca")], &[("t", &["a"])]);
+    let plan = World::new(vec![r], rwo(&["ca"])).plan();
+    let sts = plan.placeholders[0].create.as_ref().unwrap();
+    let anti = sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .affinity
+        .as_ref()
+        .unwrap()
+        .pod_anti_affinity
+        .as_ref()
+        .unwrap();
+    assert_eq!(anti.required_during_scheduling_ignored_during_execution.as_ref().map(Vec::len), Some(1));
+    assert!(anti.preferred_during_scheduling_ignored_during_execution.is_none());
+    assert_eq!(plan.placeholders[0].mode, Mode::IsolatePipelineRun);
+}
+
+#[test]
+fn isolate_mode_falls_back_to_preferred_when_runs_share_a_claim() {
+    let a = with_mode("a", "isolate-pipelinerun", &[("w", "shared")], &[("t", &["w"])]);
+    let b = with_mode("b", "isolate-pipelinerun", &[("w", "shared")], &[("t", &["w"])]);
+    let plan = World::new(vec![a, b], rwo(&["shared"])).plan();
+    assert_eq!(plan.placeholders.len(), 1);
+    let sts = plan.placeholders[0].create.as_ref().unwrap();
+    let anti = sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .affinity
+        .as_ref()
+        .unwrap()
+        .pod_anti_affinity
+        .as_ref()
+        .unwrap();
+    assert!(anti.required_during_scheduling_ignored_during_execution.is_none());
+    assert_eq!(anti.preferred_during_scheduling_ignored_during_execution.as_ref().unwrap()[0].weight, 100);
+    assert!(
+        plan.runs[1].warnings.iter().any(|w| w.contains("isolate-pipelinerun") && w.contains("a")),
+        "{:?}",
+        plan.runs[1].warnings
+    );
+}
+
+#[test]
+fn configured_anti_affinity_applies_to_new_placeholders() {
+    for (setting, required, preferred) in [
+        (AntiAffinity::Preferred, false, true),
+        (AntiAffinity::Required, true, false),
+        (AntiAffinity::None, false, false),
+    ] {
+        let mut w = World::new(vec![run("r", &[("w", "c")], &[("t", &["w"])])], rwo(&["c"]));
+        w.config.placeholder_anti_affinity = setting;
+        let plan = w.plan();
+        let spec = plan.placeholders[0].create.clone().unwrap().spec.unwrap().template.spec.unwrap();
+        let anti = spec.affinity.and_then(|a| a.pod_anti_affinity);
+        assert_eq!(
+            anti.as_ref().and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()).is_some(),
+            required
+        );
+        assert_eq!(
+            anti.as_ref().and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()).is_some(),
+            preferred
+        );
+    }
+}
+
+#[test]
+fn invalid_mode_annotation_falls_back_with_a_warning() {
+    let r = with_mode("r", "sideways", &[("w", "c")], &[("t", &["w"])]);
+    let plan = World::new(vec![r], rwo(&["c"])).plan();
+    assert_eq!(plan.runs[0].mode, Mode::Workspaces);
+    assert!(plan.runs[0].warnings[0].contains("sideways"));
+}
+
+// --- Grouping: across runs ----------------------------------------------------------------------
+
+#[test]
+fn concurrent_runs_on_one_claim_share_one_placeholder_with_two_owners() {
+    let a = run("a", &[("w", "shared")], &[("t", &["w"])]);
+    let b = run("b", &[("w", "shared")], &[("t", &["w"])]);
+    let plan = World::new(vec![a, b], rwo(&["shared"])).plan();
+    assert_eq!(plan.placeholders.len(), 1);
+    let owners: Vec<_> = plan.placeholders[0].owners.iter().map(|o| o.uid.as_str()).collect();
+    assert_eq!(owners, vec!["uid-a", "uid-b"]);
+}
+
+#[test]
+fn a_held_claim_keeps_its_holder() {
+    let mut w = World::new(
+        vec![run("a", &[("w", "shared"), ("x", "other")], &[("t", &["w", "x"])])],
+        rwo(&["shared", "other", "mine"]),
+    );
+    let first = w.plan();
+    w.apply(&first, None);
+    // b needs "shared" alone: it uses a's placeholder, which also holds "other".
+    w.runs.push(run("b", &[("w", "shared")], &[("t", &["w"])]));
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1);
+    assert!(plan.placeholders[0].create.is_none(), "existing placeholder kept as is");
+    assert_eq!(plan.runs[1].holders["shared"], first.placeholders[0].name);
+}
+
+#[test]
+fn a_run_needing_two_holders_gets_a_conflict_and_its_pods_stay_unpinned() {
+    let mut w = World::new(
+        vec![run("a", &[("w", "ca")], &[("t", &["w"])]), run("b", &[("w", "cb")], &[("t", &["w"])])],
+        rwo(&["ca", "cb"]),
+    );
+    let first = w.plan();
+    w.apply(&first, None);
+    let c = run("c", &[("x", "ca"), ("y", "cb")], &[("both", &["x", "y"]), ("only-a", &["x"])]);
+    w.runs.push(c.clone());
+    let plan = w.plan();
+    assert_eq!(plan.conflicts.len(), 1);
+    let msg = &plan.conflicts[0].message;
+    for name in plan.conflicts[0].placeholders.iter().map(String::as_str).chain(["a", "b", "c", "ca", "cb"]) {
+        assert!(msg.contains(name), "{msg} should name {name}");
+    }
+    assert_eq!(plan.placeholders.len(), 2, "no third placeholder, no claim held twice");
+    let s = expect_skip(affinity_assistant::core::decide(&pod(&c, "both", &["ca", "cb"]), &plan, true));
+    assert_eq!(s.reason, affinity_assistant::core::SkipReason::ClaimsSplit);
+    assert!(s.reason.warns());
+    expect_pin(affinity_assistant::core::decide(&pod(&c, "only-a", &["ca"]), &plan, true));
+}
+
+#[test]
+fn new_claims_beside_a_held_one_get_their_own_placeholder_and_a_conflict() {
+    let mut w = World::new(vec![run("a", &[("w", "ca")], &[("t", &["w"])])], rwo(&["ca", "cn"]));
+    let first = w.plan();
+    w.apply(&first, None);
+    w.runs.push(run("b", &[("x", "ca"), ("y", "cn")], &[("t", &["x", "y"])]));
+    let plan = w.plan();
+    assert_eq!(placeholder_claims(&plan).len(), 2);
+    assert_eq!(plan.conflicts.len(), 1);
+}
+
+#[test]
+fn mode_is_fixed_when_the_run_is_first_seen() {
+    let mut w =
+        World::new(vec![run("r", &[("a", "ca"), ("b", "cb")], &[("t1", &["a"]), ("t2", &["b"])])], rwo(&["ca", "cb"]));
+    w.config.mode = Mode::PipelineRuns;
+    let first = w.plan();
+    assert_eq!(first.placeholders.len(), 1);
+    w.apply(&first, None);
+    w.config.mode = Mode::Workspaces;
+    let plan = w.plan();
+    assert_eq!(plan.runs[0].mode, Mode::PipelineRuns, "the mode it started with");
+    assert_eq!(plan.placeholders.len(), 1);
+    assert!(plan.delete.is_empty());
+}
+
+#[test]
+fn disabled_stops_new_placeholders_but_keeps_owned_ones() {
+    let owner = run("owner", &[("w", "ca")], &[("t", &["w"])]);
+    let mut w = World::new(vec![owner.clone()], rwo(&["ca", "cb"]));
+    let first = w.plan();
+    w.apply(&first, None);
+    w.config.enabled = false;
+    let newcomer = run("new", &[("w", "cb")], &[("t", &["w"])]);
+    let sharer = run("sharer", &[("w", "ca")], &[("t", &["w"])]);
+    w.runs.push(newcomer.clone());
+    w.runs.push(sharer.clone());
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1, "no new placeholder");
+    assert!(plan.delete.is_empty(), "the owned one stays");
+    assert_eq!(plan.placeholders[0].owners.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), vec!["owner"]);
+    expect_pin(affinity_assistant::core::decide(&pod(&owner, "t", &["ca"]), &plan, true));
+    let s = expect_skip(affinity_assistant::core::decide(&pod(&newcomer, "t", &["cb"]), &plan, true));
+    assert_eq!(s.reason, affinity_assistant::core::SkipReason::RunNotManaged);
+    // Another run on the owner's claim is not pinned either while disabled.
+    expect_skip(affinity_assistant::core::decide(&pod(&sharer, "t", &["ca"]), &plan, true));
+}
+
+#[test]
+fn placeholders_of_ended_runs_are_deleted() {
+    let mut w = World::new(vec![run("r", &[("w", "c")], &[("t", &["w"])])], rwo(&["c"]));
+    let first = w.plan();
+    w.apply(&first, None);
+    w.runs[0].phase = RunPhase::Done;
+    let plan = w.plan();
+    assert!(plan.placeholders.is_empty());
+    assert_eq!(plan.delete, vec![first.placeholders[0].name.clone()]);
+}
+
+#[test]
+fn a_shared_placeholder_stays_until_the_last_run_ends() {
+    let mut w = World::new(
+        vec![run("a", &[("w", "c")], &[("t", &["w"])]), run("b", &[("w", "c")], &[("t", &["w"])])],
+        rwo(&["c"]),
+    );
+    let first = w.plan();
+    w.apply(&first, None);
+    w.runs[0].phase = RunPhase::Done;
+    let plan = w.plan();
+    assert!(plan.delete.is_empty());
+    assert_eq!(
+        plan.placeholders[0].owners,
+        vec![affinity_assistant::core::placeholder::Owner {
+            api_version: "tekton.dev/v1".into(),
+            kind: "PipelineRun".into(),
+            name: "b".into(),
+            uid: "uid-b".into()
+        }]
+    );
+    w.apply(&plan, None);
+    w.runs.remove(1);
+    assert_eq!(w.plan().delete.len(), 1);
+}
+
+#[test]
+fn a_run_keeps_its_own_mode_when_sharing_a_placeholder_made_in_another_mode() {
+    // Found by the I1 property test: a workspaces-mode run that shares a placeholder created
+    // by a pipelineruns-mode run must not take that run's mode when planned again.
+    let a = with_mode("a", "pipelineruns", &[("w", "shared")], &[("t", &["w"])]);
+    let b = run("b", &[("x", "own"), ("y", "shared")], &[("t", &["y"])]);
+    let mut w = World::new(vec![a, b], rwo(&["shared", "own"]));
+    let first = w.plan();
+    assert_eq!(first.runs[1].mode, Mode::Workspaces);
+    w.apply(&first, None);
+    let again = w.plan();
+    assert_eq!(again.runs[1].mode, Mode::Workspaces);
+    assert!(again.placeholders.iter().all(|p| p.create.is_none()));
+    let recorded = &again.placeholders[0].run_modes;
+    assert_eq!(recorded.get("uid-a"), Some(&Mode::PipelineRuns));
+    assert_eq!(recorded.get("uid-b"), Some(&Mode::Workspaces));
+}
