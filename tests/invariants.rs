@@ -65,7 +65,7 @@ fn claims_for(modes: &[u8]) -> BTreeMap<String, affinity_assistant::model::Claim
         .zip(modes)
         .map(|(c, m)| {
             let modes: &[&str] = match m % 5 {
-                0 | 1 | 2 => &["ReadWriteOnce"],
+                0..=2 => &["ReadWriteOnce"],
                 3 => &["ReadWriteMany"],
                 _ => &["ReadWriteOncePod"],
             };
@@ -108,8 +108,11 @@ fn check_i1(plan: &Plan) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A placeholder as the order-independence test compares it: name, claims, owner uids, new.
+type PlaceholderSummary = (String, BTreeSet<String>, Vec<String>, bool);
+
 /// What a plan says, independent of the order its inputs came in.
-fn summary(plan: &Plan) -> (Vec<(String, BTreeSet<String>, Vec<String>, bool)>, Vec<String>) {
+fn summary(plan: &Plan) -> (Vec<PlaceholderSummary>, Vec<String>) {
     (
         plan.placeholders
             .iter()
