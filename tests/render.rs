@@ -1,0 +1,168 @@
+//! `render` over the real Tekton examples and bad input: snapshots of what they produce, and
+//! the CLI's error behaviour.
+
+use affinity_assistant::render::{self, Format, Source};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tekton/examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (the shared fixtures must sit beside the repository)", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 9, "expected the Tekton examples, found {files:?}");
+    files
+}
+
+fn source(path: &Path) -> Source {
+    Source {
+        name: path.file_name().unwrap().to_string_lossy().into_owned(),
+        text: std::fs::read_to_string(path).unwrap(),
+    }
+}
+
+#[test]
+fn every_tekton_example_renders_and_matches_its_snapshot() {
+    for path in fixtures() {
+        let report = render::render(&[source(&path)], None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(report.placeholders().count() >= 1, "{}: every example shares a PVC workspace", path.display());
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(format!("{name}.yaml"), report.format(Format::Yaml));
+        insta::assert_snapshot!(format!("{name}.table"), report.format(Format::Table));
+        let json: serde_json::Value = serde_json::from_str(&report.format(Format::Json)).unwrap();
+        assert_eq!(json["kind"], "List");
+        assert_eq!(json["items"].as_array().unwrap().len(), report.placeholders().count());
+    }
+}
+
+#[test]
+fn yaml_output_is_apply_able_statefulsets() {
+    for path in fixtures() {
+        let report = render::render(&[source(&path)], None).unwrap();
+        let yaml = report.format(Format::Yaml);
+        let mut n = 0;
+        for doc in serde_yaml::Deserializer::from_str(&yaml) {
+            use serde::Deserialize;
+            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            if v.is_null() {
+                continue;
+            }
+            let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_yaml::from_value(v).unwrap();
+            assert!(sts.metadata.name.is_some());
+            n += 1;
+        }
+        assert_eq!(n, report.placeholders().count());
+    }
+}
+
+#[test]
+fn the_projects_own_examples_render() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "yaml") && !path.to_string_lossy().contains("feature-flags") {
+            let report = render::render(&[source(&path)], None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            insta::assert_snapshot!(format!("examples-{name}.table"), report.format(Format::Table));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+}
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_affinity-assistant"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn temp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("aa-render-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn cli_renders_the_readme_example() {
+    let (ok, out, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Placeholders:") && out.contains("pinned to aa-"), "{out}");
+    let (ok, out, _) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "-o", "yaml"]);
+    assert!(ok && out.contains("kind: StatefulSet"));
+}
+
+#[test]
+fn cli_errors_name_the_file_and_document_and_exit_non_zero() {
+    let bad_type = temp(
+        "bad-type.yaml",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: ok}\n---\napiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {name: r}\nspec:\n  workspaces: [{name: [1]}]\n",
+    );
+    let (ok, _, err) = cli(&["render", "-f", bad_type.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("bad-type.yaml") && err.contains("document 2") && err.contains("spec.workspaces[0].name"), "{err}");
+
+    let not_yaml = temp("not-yaml.yaml", "a: [\n");
+    let (ok, _, err) = cli(&["render", "-f", not_yaml.to_str().unwrap()]);
+    assert!(!ok && err.contains("not-yaml.yaml") && err.contains("document 1") && err.contains("not valid YAML"), "{err}");
+
+    let not_object = temp("scalar.yaml", "just a string\n");
+    let (ok, _, err) = cli(&["render", "-f", not_object.to_str().unwrap()]);
+    assert!(!ok && err.contains("not a Kubernetes object"), "{err}");
+
+    let (ok, _, err) = cli(&["render", "-f", "/nonexistent/file.yaml"]);
+    assert!(!ok && err.contains("/nonexistent/file.yaml"), "{err}");
+}
+
+#[test]
+fn cli_rejects_an_invalid_config_naming_key_and_value() {
+    let cfg = temp("ff.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feature-flags}\ndata:\n  mode: sideways\n");
+    let (ok, _, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "--config", cfg.to_str().unwrap()]);
+    assert!(!ok && err.contains("\"mode\"") && err.contains("sideways") && err.contains("isolate-pipelinerun"), "{err}");
+}
+
+#[test]
+fn config_changes_what_renders() {
+    let cfg = temp("ff-pr.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feature-flags}\ndata:\n  mode: pipelineruns\n  placeholder-cpu: 25m\n");
+    let (ok, out, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "--config", cfg.to_str().unwrap(), "-o", "yaml"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("affinity-assistant.dev/mode: pipelineruns") && out.contains("cpu: 25m"), "{out}");
+}
+
+#[test]
+fn tekton_coschedule_on_makes_render_stand_down() {
+    let flags = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tekton/config-feature-flags.yaml");
+    let (ok, out, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "-f", flags.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("coschedule: workspaces") && out.contains("left to Tekton's own affinity assistant"), "{out}");
+}
+
+#[test]
+fn stdin_input_works() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_affinity-assistant"))
+        .args(["render", "-f", "-", "-o", "json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/parallel-tasks.yaml")).unwrap().as_slice())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["items"][0]["kind"], "StatefulSet");
+}
