@@ -80,7 +80,11 @@ fn cli(args: &[&str]) -> (bool, String, String) {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn temp(name: &str, text: &str) -> PathBuf {
@@ -108,11 +112,17 @@ fn cli_errors_name_the_file_and_document_and_exit_non_zero() {
     );
     let (ok, _, err) = cli(&["render", "-f", bad_type.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("bad-type.yaml") && err.contains("document 2") && err.contains("spec.workspaces[0].name"), "{err}");
+    assert!(
+        err.contains("bad-type.yaml") && err.contains("document 2") && err.contains("spec.workspaces[0].name"),
+        "{err}"
+    );
 
     let not_yaml = temp("not-yaml.yaml", "a: [\n");
     let (ok, _, err) = cli(&["render", "-f", not_yaml.to_str().unwrap()]);
-    assert!(!ok && err.contains("not-yaml.yaml") && err.contains("document 1") && err.contains("not valid YAML"), "{err}");
+    assert!(
+        !ok && err.contains("not-yaml.yaml") && err.contains("document 1") && err.contains("not valid YAML"),
+        "{err}"
+    );
 
     let not_object = temp("scalar.yaml", "just a string\n");
     let (ok, _, err) = cli(&["render", "-f", not_object.to_str().unwrap()]);
@@ -124,15 +134,23 @@ fn cli_errors_name_the_file_and_document_and_exit_non_zero() {
 
 #[test]
 fn cli_rejects_an_invalid_config_naming_key_and_value() {
-    let cfg = temp("ff.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feature-flags}\ndata:\n  mode: sideways\n");
+    let cfg =
+        temp("ff.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feature-flags}\ndata:\n  mode: sideways\n");
     let (ok, _, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "--config", cfg.to_str().unwrap()]);
-    assert!(!ok && err.contains("\"mode\"") && err.contains("sideways") && err.contains("isolate-pipelinerun"), "{err}");
+    assert!(
+        !ok && err.contains("\"mode\"") && err.contains("sideways") && err.contains("isolate-pipelinerun"),
+        "{err}"
+    );
 }
 
 #[test]
 fn config_changes_what_renders() {
-    let cfg = temp("ff-pr.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feature-flags}\ndata:\n  mode: pipelineruns\n  placeholder-cpu: 25m\n");
-    let (ok, out, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "--config", cfg.to_str().unwrap(), "-o", "yaml"]);
+    let cfg = temp(
+        "ff-pr.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: feature-flags}\ndata:\n  mode: pipelineruns\n  placeholder-cpu: 25m\n",
+    );
+    let (ok, out, err) =
+        cli(&["render", "-f", "examples/parallel-tasks.yaml", "--config", cfg.to_str().unwrap(), "-o", "yaml"]);
     assert!(ok, "{err}");
     assert!(out.contains("affinity-assistant.dev/mode: pipelineruns") && out.contains("cpu: 25m"), "{out}");
 }
@@ -159,10 +177,59 @@ fn stdin_input_works() {
         .stdin
         .take()
         .unwrap()
-        .write_all(std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/parallel-tasks.yaml")).unwrap().as_slice())
+        .write_all(
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/parallel-tasks.yaml"))
+                .unwrap()
+                .as_slice(),
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["items"][0]["kind"], "StatefulSet");
+}
+
+#[test]
+fn the_fixture_shapes_parse_and_input_pods_are_decided() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tekton");
+    let sources: Vec<Source> = ["tekton-pipelinerun-status-shapes.yaml", "tekton-task-pod-shape.yaml"]
+        .iter()
+        .map(|f| source(&dir.join(f)))
+        .collect();
+    let report = render::render(&sources, None).unwrap();
+    let ns = &report.namespaces[0];
+    assert_eq!(ns.plan.runs[0].name, "my-pipelinerun");
+    assert_eq!(ns.pods.len(), 1, "the Pod document is decided too");
+    assert!(
+        report.notes.iter().any(|n| n.contains("existing") && n.contains("assumed ReadWriteOnce")),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[test]
+fn a_pod_input_of_a_rendered_run_is_pinned() {
+    let example = source(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/parallel-tasks.yaml"));
+    let pod = Source {
+        name: "pod.yaml".into(),
+        text: r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  generateName: build-and-test-1-build-pod-
+  namespace: ci
+  labels:
+    tekton.dev/pipelineRun: build-and-test-1
+    tekton.dev/pipelineRunUID: 6f1c2a4e-0000-4000-8000-000000000001
+    tekton.dev/pipelineTask: build
+spec:
+  volumes:
+  - name: ws-1bcf2
+    persistentVolumeClaim: {claimName: build-cache}
+"#
+        .into(),
+    };
+    let report = render::render(&[example, pod], None).unwrap();
+    let outcome = render::outcome(&report.namespaces[0].pods[0].decision);
+    assert!(outcome.starts_with("pinned to aa-build-cache-"), "{outcome}");
 }
