@@ -11,3 +11,4 @@ pub mod model;
 pub mod names;
 pub mod pod;
 pub mod render;
+pub mod views;

@@ -1,0 +1,355 @@
+//! Trimmed views of the Kubernetes objects the shells feed the core with: PVCs, PVs, Nodes,
+//! placeholder StatefulSets and pinned pods. Unknown fields are ignored; a field of the wrong
+//! type is an error naming it. Each view turns into the core's engine-neutral input type.
+
+use crate::config::Mode;
+use crate::core::placeholder::parse_run_modes;
+use crate::engine::{ParseError, from_value, nullable};
+use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, OwnerRun, PinnedPod};
+use crate::names;
+use k8s_openapi::api::core::v1::{NodeSelector, Taint};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub namespace: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub owner_references: Vec<OwnerRefView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerRefView {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub uid: String,
+}
+
+// --- PersistentVolumeClaim ----------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimView {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: ClaimSpecView,
+    #[serde(default)]
+    pub status: ClaimStatusView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimSpecView {
+    #[serde(default, deserialize_with = "nullable")]
+    pub access_modes: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub volume_name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimStatusView {
+    #[serde(default, deserialize_with = "nullable")]
+    pub access_modes: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub phase: String,
+}
+
+impl ClaimView {
+    pub fn from_value(v: &serde_json::Value) -> Result<ClaimView, ParseError> {
+        from_value("PersistentVolumeClaim", v)
+    }
+
+    /// `node_pinned` comes from the bound PV, when the caller has it.
+    pub fn info(&self, volume: Option<&VolumeView>) -> ClaimInfo {
+        ClaimInfo {
+            name: self.metadata.name.clone(),
+            spec_access_modes: self.spec.access_modes.clone(),
+            status_access_modes: self.status.access_modes.clone(),
+            bound: self.status.phase == "Bound",
+            node_pinned: volume.is_some_and(VolumeView::pinned_to_one_node),
+        }
+    }
+}
+
+// --- PersistentVolume ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeView {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: VolumeSpecView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpecView {
+    #[serde(default)]
+    pub node_affinity: Option<VolumeNodeAffinityView>,
+    #[serde(default)]
+    pub local: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub host_path: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeNodeAffinityView {
+    #[serde(default)]
+    pub required: Option<NodeSelector>,
+}
+
+impl VolumeView {
+    pub fn from_value(v: &serde_json::Value) -> Result<VolumeView, ParseError> {
+        from_value("PersistentVolume", v)
+    }
+
+    /// A volume that only one node can ever mount (local PVs, or node affinity on the hostname):
+    /// moving its placeholder elsewhere would strand every task pod.
+    pub fn pinned_to_one_node(&self) -> bool {
+        let on_hostname = self.spec.node_affinity.as_ref().and_then(|a| a.required.as_ref()).is_some_and(|sel| {
+            sel.node_selector_terms.iter().all(|t| {
+                t.match_expressions.iter().flatten().any(|e| e.key == names::TOPOLOGY_HOSTNAME)
+                    || t.match_fields.iter().flatten().any(|f| f.key == "metadata.name")
+            }) && !sel.node_selector_terms.is_empty()
+        });
+        on_hostname || self.spec.local.is_some() || self.spec.host_path.is_some()
+    }
+}
+
+// --- Node -----------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: NodeSpecView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpecView {
+    #[serde(default, deserialize_with = "nullable")]
+    pub taints: Vec<Taint>,
+    #[serde(default)]
+    pub unschedulable: Option<bool>,
+}
+
+impl NodeView {
+    pub fn from_value(v: &serde_json::Value) -> Result<NodeView, ParseError> {
+        from_value("Node", v)
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.metadata.name.clone(),
+            labels: self.metadata.labels.clone(),
+            taints: self.spec.taints.clone(),
+        }
+    }
+}
+
+// --- Placeholder StatefulSet and its pod ----------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceholderView {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: PlaceholderSpecView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceholderSpecView {
+    #[serde(default)]
+    pub template: PlaceholderTemplateView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceholderTemplateView {
+    #[serde(default)]
+    pub spec: crate::pod::PodSpecView,
+}
+
+impl PlaceholderView {
+    pub fn from_value(v: &serde_json::Value) -> Result<PlaceholderView, ParseError> {
+        from_value("StatefulSet", v)
+    }
+
+    /// Whether this StatefulSet is one of ours (never act on anything else).
+    pub fn is_ours(&self) -> bool {
+        let l = &self.metadata.labels;
+        l.get(names::LABEL_APP_MANAGED_BY).map(String::as_str) == Some(names::APP_NAME)
+            && l.get(names::LABEL_APP_COMPONENT).map(String::as_str) == Some(names::COMPONENT_PLACEHOLDER)
+            && l.contains_key(names::LABEL_PLACEHOLDER)
+    }
+
+    /// The core's view; `node` is where its pod is bound, if it is.
+    pub fn existing(&self, node: Option<NodeInfo>) -> ExistingPlaceholder {
+        let pod = crate::pod::TaskPod { metadata: Default::default(), spec: self.spec.template.spec.clone() };
+        let ann = &self.metadata.annotations;
+        ExistingPlaceholder {
+            name: self.metadata.name.clone(),
+            claims: pod.claims().into_iter().map(String::from).collect(),
+            owners: self
+                .metadata
+                .owner_references
+                .iter()
+                .map(|o| OwnerRun { name: o.name.clone(), uid: o.uid.clone() })
+                .collect(),
+            mode: ann.get(names::ANNOTATION_MODE).and_then(|m| m.parse::<Mode>().ok()),
+            run_modes: ann.get(names::ANNOTATION_RUN_MODES).map(|v| parse_run_modes(v)).unwrap_or_default(),
+            node_selector: self.spec.template.spec.node_selector.clone(),
+            node,
+        }
+    }
+}
+
+/// A pinned pod as the controller sees it: `None` for pods that are not pinned by us or that
+/// have finished (they no longer need their placeholder).
+pub fn pinned_pod(v: &serde_json::Value) -> Result<Option<PinnedPod>, ParseError> {
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Status {
+        #[serde(default, deserialize_with = "nullable")]
+        phase: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Pod {
+        #[serde(default)]
+        metadata: crate::pod::PodMeta,
+        #[serde(default)]
+        status: Status,
+    }
+    let pod: Pod = from_value("Pod", v)?;
+    let m = &pod.metadata;
+    let (Some(placeholder), Some("true")) =
+        (m.annotations.get(names::ANNOTATION_PINNED_TO), m.labels.get(names::LABEL_PINNED).map(String::as_str))
+    else {
+        return Ok(None);
+    };
+    if matches!(pod.status.phase.as_str(), "Succeeded" | "Failed") {
+        return Ok(None);
+    }
+    let claims: BTreeSet<String> = m
+        .annotations
+        .get(names::ANNOTATION_CLAIMS)
+        .map(|c| c.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    let run_uid = crate::engine::engines().iter().find_map(|e| e.pod_run(m)).and_then(|r| r.uid);
+    Ok(Some(PinnedPod { name: m.display_name(), run_uid, placeholder: placeholder.clone(), claims }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::core::placeholder::{Owner, PlaceholderParts, statefulset};
+    use crate::model::Scheduling;
+    use serde_json::json;
+
+    #[test]
+    fn a_generated_placeholder_reads_back_as_the_same_existing_placeholder() {
+        let claims: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        let owners = vec![Owner {
+            api_version: "tekton.dev/v1".into(),
+            kind: "PipelineRun".into(),
+            name: "r".into(),
+            uid: "u".into(),
+        }];
+        let modes: BTreeMap<String, Mode> = [("u".to_string(), Mode::PipelineRuns)].into();
+        let config = Config::default();
+        let sts = statefulset(&PlaceholderParts {
+            namespace: "ns",
+            name: "aa-a-0123456789",
+            claims: &claims,
+            mode: Mode::PipelineRuns,
+            owners: &owners,
+            run_modes: &modes,
+            scheduling: &Scheduling::default(),
+            anti_affinity: crate::config::AntiAffinity::Preferred,
+            config: &config,
+        });
+        let view = PlaceholderView::from_value(&serde_json::to_value(&sts).unwrap()).unwrap();
+        assert!(view.is_ours());
+        let e = view.existing(None);
+        assert_eq!(e.name, "aa-a-0123456789");
+        assert_eq!(e.claims, claims);
+        assert_eq!(e.owners, vec![OwnerRun { name: "r".into(), uid: "u".into() }]);
+        assert_eq!(e.mode, Some(Mode::PipelineRuns));
+        assert_eq!(e.run_modes, modes);
+    }
+
+    #[test]
+    fn foreign_statefulsets_are_not_ours() {
+        let tekton = json!({"metadata": {"name": "affinity-assistant-1", "labels": {
+            "app.kubernetes.io/component": "affinity-assistant", "app.kubernetes.io/managed-by": "tekton-pipelines"}}});
+        assert!(!PlaceholderView::from_value(&tekton).unwrap().is_ours());
+    }
+
+    #[test]
+    fn claims_and_volumes() {
+        let pvc = ClaimView::from_value(&json!({"metadata": {"name": "c"}, "spec": {"accessModes": ["ReadWriteOnce"]},
+            "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"]}}))
+        .unwrap();
+        let local = VolumeView::from_value(&json!({"spec": {"local": {"path": "/mnt"}, "nodeAffinity": {"required": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}]}}}}))
+        .unwrap();
+        let zonal = VolumeView::from_value(&json!({"spec": {"nodeAffinity": {"required": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}]}}}}))
+        .unwrap();
+        assert!(pvc.info(Some(&local)).node_pinned);
+        assert!(!pvc.info(Some(&zonal)).node_pinned);
+        let info = pvc.info(None);
+        assert!(info.bound && !info.node_pinned);
+        assert!(
+            ClaimView::from_value(&json!({"spec": {"accessModes": "ReadWriteOnce"}}))
+                .unwrap_err()
+                .to_string()
+                .contains("spec.accessModes")
+        );
+    }
+
+    #[test]
+    fn pinned_pods_are_read_from_their_annotations_until_they_finish() {
+        let mut pod = json!({"metadata": {"name": "p", "labels": {"affinity-assistant.dev/pinned": "true",
+            "tekton.dev/pipelineRun": "r", "tekton.dev/pipelineRunUID": "u"},
+            "annotations": {"affinity-assistant.dev/pinned-to": "aa-x", "affinity-assistant.dev/claims": "a,b"}},
+            "status": {"phase": "Running"}});
+        let p = pinned_pod(&pod).unwrap().unwrap();
+        assert_eq!(p.placeholder, "aa-x");
+        assert_eq!(p.claims, ["a".to_string(), "b".to_string()].into());
+        assert_eq!(p.run_uid.as_deref(), Some("u"));
+        pod["status"]["phase"] = json!("Succeeded");
+        assert!(pinned_pod(&pod).unwrap().is_none());
+        assert!(pinned_pod(&json!({"metadata": {"name": "q"}})).unwrap().is_none());
+    }
+
+    #[test]
+    fn nodes() {
+        let n = NodeView::from_value(&json!({"metadata": {"name": "n1", "labels": {"a": "b"}},
+            "spec": {"unschedulable": true, "taints": [{"key": "k", "effect": "NoSchedule"}]}}))
+        .unwrap();
+        assert_eq!(n.info().taints.len(), 1);
+        assert_eq!(n.spec.unschedulable, Some(true));
+    }
+}
