@@ -50,6 +50,31 @@ fn created(secs: u32) -> String {
     format!("2024-05-01T{:02}:{:02}:{:02}Z", 8 + secs / 3600, (secs / 60) % 60, secs % 60)
 }
 
+/// A version-4-shaped UUID from `seed`: real UIDs differ from their first characters on,
+/// which matters to every comparison the plan makes between them.
+fn uid(seed: u64) -> String {
+    let mut next = {
+        let mut state = seed;
+        move || {
+            // splitmix64
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    };
+    let (a, b) = (next(), next());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
 fn task(name: &str, workspaces: Option<&[&str]>) -> TaskUsage {
     TaskUsage {
         name: name.to_string(),
@@ -127,7 +152,7 @@ fn decision_fixture() -> (Vec<Run>, BTreeMap<String, ClaimInfo>) {
         claims.extend([rwo(&src), rwo(&cache)]);
         runs.push(active_run(
             format!("app-{i}"),
-            format!("9a7c0000-0000-4000-8000-{i:012}"),
+            uid(u64::from(i)),
             created(i * 61),
             vec![bind("source", src), bind("cache", cache)],
             vec![
@@ -166,6 +191,7 @@ fn as_existing(plan: &Plan, node: &NodeInfo) -> Vec<ExistingPlaceholder> {
             claims: p.claims.clone(),
             owners: p.owners.iter().map(|o| OwnerRun { name: o.name.clone(), uid: o.uid.clone() }).collect(),
             mode: Some(p.mode),
+            run_modes: p.run_modes.clone(),
             node_selector: p.node_selector.clone(),
             node: Some(node.clone()),
         })
@@ -302,7 +328,7 @@ fn namespace_fixture(n: u32) -> (Vec<Run>, BTreeMap<String, ClaimInfo>) {
         let tasks = all.into_iter().take(2 + (i % 4) as usize).collect();
         runs.push(active_run(
             format!("pr-{i:04}"),
-            format!("5e1d0000-0000-4000-8000-{i:012}"),
+            uid(1_000_000 + u64::from(i)),
             created((i * 7919) % 43_200),
             bindings,
             tasks,
