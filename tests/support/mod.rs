@@ -1,0 +1,2 @@
+//! Shared test support for the integration tests.
+pub mod apiserver;
