@@ -4,11 +4,16 @@
 //! adapters that read pipeline engines' objects ([`engine`]), and the shells around them
 //! (`render` today).
 
+pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod core;
+pub mod decider;
 pub mod engine;
+pub mod health;
 pub mod model;
 pub mod names;
 pub mod pod;
 pub mod render;
 pub mod views;
+pub mod webhook;

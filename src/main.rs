@@ -7,6 +7,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod run;
+
 #[derive(Parser)]
 #[command(
     name = "affinity-assistant",
@@ -20,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run in a cluster: the controller and the webhook (or one of them).
+    Run(Box<RunArgs>),
     /// Offline: read YAML files and print the placeholders the add-on would create and what
     /// each task's pod would get. Needs no cluster.
     Render(RenderArgs),
@@ -39,6 +43,78 @@ struct RenderArgs {
     /// Output format: apply-able StatefulSets (yaml, json) or a summary for people (table).
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The add-on's own namespace: its feature-flags, webhook Secret and leader Lease live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "affinity-assistant")]
+    namespace: String,
+    /// This replica's name: its leader-election identity and Event reporter instance.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Watch only this namespace for runs, claims and placeholders (repeatable; default: all).
+    #[arg(long = "watch-namespace")]
+    watch_namespaces: Vec<String>,
+    /// Run only the controller (no webhook server).
+    #[arg(long, conflicts_with = "webhook_only")]
+    controller_only: bool,
+    /// Run only the webhook (it pins only while some controller holds the leader lease).
+    #[arg(long)]
+    webhook_only: bool,
+    /// HTTPS port of the webhook.
+    #[arg(long, default_value_t = 8443)]
+    webhook_port: u16,
+    /// Plain-HTTP port of /metrics, /healthz and /readyz.
+    #[arg(long, default_value_t = 8080)]
+    metrics_port: u16,
+    /// Where the webhook's serving certificate comes from.
+    #[arg(long, value_enum, default_value_t = CertMode::SelfManaged)]
+    cert_mode: CertMode,
+    /// PEM certificate chain (with --cert-mode external, e.g. from cert-manager); hot-reloaded.
+    #[arg(long, required_if_eq("cert_mode", "external"))]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key (with --cert-mode external); hot-reloaded.
+    #[arg(long, required_if_eq("cert_mode", "external"))]
+    tls_key_file: Option<PathBuf>,
+    /// Secret holding the self-managed CA and serving certificate.
+    #[arg(long, default_value = "affinity-assistant-webhook-tls")]
+    tls_secret: String,
+    /// The Service in front of the webhook (its DNS names go into the certificate).
+    #[arg(long, default_value = "affinity-assistant-webhook")]
+    service_name: String,
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps current.
+    #[arg(long, default_value = "affinity-assistant")]
+    webhook_configuration: String,
+    /// The leader-election Lease.
+    #[arg(long, default_value = "affinity-assistant-leader")]
+    lease_name: String,
+    /// The add-on's ConfigMap.
+    #[arg(long, default_value = "feature-flags")]
+    config_name: String,
+    /// Seconds a node must be cordoned or drain-tainted before its placeholders move.
+    #[arg(long, default_value_t = 60)]
+    move_grace_seconds: u64,
+    /// Namespaces reconciled at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CertMode {
+    /// Generate a CA and serving certificate, keep them in a Secret, keep the caBundle current.
+    SelfManaged,
+    /// Read --tls-cert-file / --tls-key-file (cert-manager or your own PKI).
+    External,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,6 +157,11 @@ fn run_render(args: RenderArgs) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run::run(*args))),
         Command::Render(args) => run_render(args),
         Command::Version => {
             println!("affinity-assistant {}", env!("CARGO_PKG_VERSION"));

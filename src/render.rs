@@ -266,52 +266,57 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
     let mut runs: Vec<Run> = Vec::new();
     for (i, (pr, origin)) in inputs.runs.iter().enumerate() {
         let mut pr = pr.clone();
-        if pr.metadata.namespace.is_empty() {
-            pr.metadata.namespace = "default".into();
+        let meta = &mut pr.metadata;
+        if meta.namespace.as_deref().unwrap_or("").is_empty() {
+            meta.namespace = Some("default".into());
         }
-        if pr.metadata.name.is_empty() && !pr.metadata.generate_name.is_empty() {
-            pr.metadata.name = format!("{}-stand-in", pr.metadata.generate_name.trim_end_matches('-'));
+        let generate_name = meta.generate_name.clone().unwrap_or_default();
+        if meta.name.as_deref().unwrap_or("").is_empty() && !generate_name.is_empty() {
+            meta.name = Some(format!("{}-stand-in", generate_name.trim_end_matches('-')));
             notes.push(format!(
                 "{origin}: run {} is a stand-in name (it only has generateName); Tekton's names differ",
-                pr.metadata.name
+                pr.name()
             ));
         }
-        if pr.metadata.uid.is_empty() {
-            pr.metadata.uid = format!("00000000-0000-0000-0000-{:012}", i + 1);
+        if pr.uid().is_empty() {
+            pr.metadata.uid = Some(format!("00000000-0000-0000-0000-{:012}", i + 1));
             if pr.spec.workspaces.iter().any(|w| w.volume_claim_template.is_some()) {
                 notes.push(format!(
                     "{origin}: run {} has no uid; stand-in uid {} used, so its volumeClaimTemplate PVC names differ in a cluster",
-                    pr.metadata.name, pr.metadata.uid
+                    pr.name(),
+                    pr.uid()
                 ));
             }
         }
+        let namespace = pr.metadata.namespace.clone().unwrap_or_default();
         let resolved = pr.status.as_ref().is_some_and(|s| s.pipeline_spec.is_some());
         if let (false, Some(r)) = (resolved, pr.spec.pipeline_ref.clone()) {
             if !r.resolver.is_empty() {
                 notes.push(format!(
                     "{origin}: run {} uses the {} resolver; render cannot fetch its Pipeline",
-                    pr.metadata.name, r.resolver
+                    pr.name(),
+                    r.resolver
                 ));
             } else if let Some(p) = inputs.pipelines.iter().find(|p| {
-                p.metadata.name == r.name
-                    && (p.metadata.namespace.is_empty() || p.metadata.namespace == pr.metadata.namespace)
+                p.metadata.name == r.name && (p.metadata.namespace.is_empty() || p.metadata.namespace == namespace)
             }) {
                 pr.resolve_with(p);
             } else {
                 notes.push(format!(
                     "{origin}: run {} refers to Pipeline {}, which is not among the inputs",
-                    pr.metadata.name, r.name
+                    pr.name(),
+                    r.name
                 ));
             }
         }
         let mut run = pr.to_run().map_err(|source| RenderError::Parse {
             file: origin.clone(),
             doc: 0,
-            what: format!("PipelineRun {}", pr.metadata.name),
+            what: format!("PipelineRun {}", pr.name()),
             source: Box::new(source),
         })?;
         if let Some(value) = tekton_coschedule {
-            run.engine_assistant = tekton_would_serve(value, &run);
+            run.engine_assistant = tekton::tekton_would_serve(value, &run);
         }
         runs.push(run);
     }
@@ -380,15 +385,6 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
 
 fn pod_namespace(pod: &TaskPod) -> &str {
     if pod.metadata.namespace.is_empty() { "default" } else { &pod.metadata.namespace }
-}
-
-/// Whether Tekton's own assistant would serve a run, given its `coschedule` flag.
-fn tekton_would_serve(coschedule: Option<&str>, run: &Run) -> bool {
-    match coschedule.map(str::trim) {
-        Some("disabled") => false,
-        Some("pipelineruns" | "isolate-pipelinerun") => true,
-        _ => run.bindings.iter().any(|b| b.source.claim().is_some()),
-    }
 }
 
 /// The pod Tekton would create for a pipeline task: its labels, the run's annotations, a PVC

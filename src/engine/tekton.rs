@@ -8,8 +8,10 @@ use super::{Engine, EngineSkip, ParseError, RunRef, nullable};
 use crate::model::{Binding, ClaimSource, Run, RunPhase, Scheduling, TaskUsage};
 use crate::pod::PodMeta;
 use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 pub const API_VERSION: &str = "tekton.dev/v1";
@@ -74,6 +76,16 @@ pub fn template_claim_name(template_name: Option<&str>, binding: &str, run_uid: 
     format!("{prefix}-{hex}")
 }
 
+/// Whether Tekton's own affinity assistant serves a run, given its `coschedule` flag: every
+/// run in the per-run modes, runs with a PVC workspace in `workspaces` mode (its default).
+pub fn tekton_would_serve(coschedule: Option<&str>, run: &Run) -> bool {
+    match coschedule.map(str::trim) {
+        Some("disabled") => false,
+        Some("pipelineruns" | "isolate-pipelinerun") => true,
+        _ => run.bindings.iter().any(|b| b.source.claim().is_some()),
+    }
+}
+
 /// Whether Tekton's `coschedule` flag leaves its own affinity assistant on.
 pub fn coschedule_enabled(value: Option<&str>) -> bool {
     // Tekton's default is "workspaces": an absent flag means on.
@@ -97,12 +109,12 @@ pub struct Meta {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// `tekton.dev/v1` PipelineRun, trimmed.
+/// `tekton.dev/v1` PipelineRun, trimmed: the type the controller's cache holds.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineRun {
     #[serde(default)]
-    pub metadata: Meta,
+    pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: PipelineRunSpec,
     #[serde(default)]
@@ -285,7 +297,39 @@ pub struct Pipeline {
     pub spec: PipelineSpec,
 }
 
+impl kube::Resource for PipelineRun {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        KIND_PIPELINE_RUN.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "tekton.dev".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pipelineruns".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 impl PipelineRun {
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
+
+    pub fn uid(&self) -> &str {
+        self.metadata.uid.as_deref().unwrap_or("")
+    }
+
     pub fn from_value(value: &serde_json::Value) -> Result<PipelineRun, ParseError> {
         super::from_value(KIND_PIPELINE_RUN, value)
     }
@@ -305,15 +349,16 @@ impl PipelineRun {
         if status.pipeline_spec.is_none() {
             status.pipeline_spec = Some(pipeline.spec.clone());
         }
+        let annotations = self.metadata.annotations.get_or_insert_with(Default::default);
         for (k, v) in &pipeline.metadata.annotations {
-            self.metadata.annotations.entry(k.clone()).or_insert_with(|| v.clone());
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
 
     /// The engine-neutral run. Fails only when the run cannot be identified (no name).
     pub fn to_run(&self) -> Result<Run, ParseError> {
         let invalid = |message: String| ParseError::Invalid { kind: KIND_PIPELINE_RUN.into(), message };
-        if self.metadata.name.is_empty() {
+        if self.name().is_empty() {
             return Err(invalid("metadata.name is empty".into()));
         }
         for (i, b) in self.spec.workspaces.iter().enumerate() {
@@ -360,13 +405,13 @@ impl PipelineRun {
             .unwrap_or_default();
         Ok(Run {
             engine: "tekton",
-            namespace: self.metadata.namespace.clone(),
-            name: self.metadata.name.clone(),
-            uid: self.metadata.uid.clone(),
+            namespace: self.metadata.namespace.clone().unwrap_or_default(),
+            name: self.name().to_string(),
+            uid: self.uid().to_string(),
             api_version: API_VERSION.into(),
             kind: KIND_PIPELINE_RUN.into(),
-            created: self.metadata.creation_timestamp.clone(),
-            annotations: self.metadata.annotations.clone(),
+            created: self.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+            annotations: self.metadata.annotations.clone().unwrap_or_default(),
             phase,
             bindings,
             tasks,
@@ -386,7 +431,7 @@ impl PipelineRun {
             ClaimSource::Claim(c.claim_name.clone())
         } else if let Some(t) = &b.volume_claim_template {
             ClaimSource::Template {
-                claim: template_claim_name(t.metadata.as_ref().map(|m| m.name.as_str()), &b.name, &self.metadata.uid),
+                claim: template_claim_name(t.metadata.as_ref().map(|m| m.name.as_str()), &b.name, self.uid()),
                 access_modes: t.spec.as_ref().map(|s| s.access_modes.clone()).unwrap_or_default(),
             }
         } else {
