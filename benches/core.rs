@@ -193,7 +193,7 @@ fn as_existing(plan: &Plan, node: &NodeInfo) -> Vec<ExistingPlaceholder> {
             mode: Some(p.mode),
             run_modes: p.run_modes.clone(),
             node_selector: p.node_selector.clone(),
-            node: Some(node.clone()),
+            node: Some(std::sync::Arc::new(node.clone())),
         })
         .collect()
 }

@@ -138,7 +138,7 @@ fn namespace_plan() -> Plan {
             mode: Some(p.mode),
             run_modes: p.run_modes.clone(),
             node_selector: p.node_selector.clone(),
-            node: Some(node.clone()),
+            node: Some(std::sync::Arc::new(node.clone())),
         })
         .collect();
     plan(&state(&existing))

@@ -169,7 +169,8 @@ pub struct ExistingPlaceholder {
     /// Its pod's node selector (for pods checked before it is bound).
     pub node_selector: BTreeMap<String, String>,
     /// The node its pod is bound to.
-    pub node: Option<NodeInfo>,
+    /// Shared: many placeholders sit on one node.
+    pub node: Option<std::sync::Arc<NodeInfo>>,
 }
 
 /// A pinned pod that has not finished: demand for its placeholder (I4).

@@ -69,6 +69,8 @@ pub struct Report {
     pub namespaces: Vec<NamespaceReport>,
     /// Things the reader should know: stand-ins, assumptions, skipped documents.
     pub notes: Vec<String>,
+    /// The config the decisions were made with.
+    pub config: Config,
 }
 
 struct Doc {
@@ -380,7 +382,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             .collect();
         reports.push(NamespaceReport { plan, tasks, pods });
     }
-    Ok(Report { namespaces: reports, notes })
+    Ok(Report { namespaces: reports, notes, config })
 }
 
 fn pod_namespace(pod: &TaskPod) -> &str {
@@ -432,8 +434,12 @@ fn task_pod(
 }
 
 impl Report {
-    pub fn placeholders(&self) -> impl Iterator<Item = &k8s_openapi::api::apps::v1::StatefulSet> {
-        self.namespaces.iter().flat_map(|n| n.plan.placeholders.iter().filter_map(|p| p.create.as_ref()))
+    /// The StatefulSets of the placeholders to create.
+    pub fn placeholders(&self) -> Vec<k8s_openapi::api::apps::v1::StatefulSet> {
+        self.namespaces
+            .iter()
+            .flat_map(|n| n.plan.placeholders.iter().filter_map(|p| p.statefulset(&n.plan.namespace, &self.config)))
+            .collect()
     }
 
     pub fn format(&self, format: Format) -> String {
@@ -452,7 +458,7 @@ impl Report {
         }
         for sts in self.placeholders() {
             out.push_str("---\n");
-            out.push_str(&serde_yaml::to_string(sts).unwrap_or_default());
+            out.push_str(&serde_yaml::to_string(&sts).unwrap_or_default());
         }
         out
     }
@@ -462,7 +468,7 @@ impl Report {
         let list = serde_json::json!({
             "apiVersion": "v1",
             "kind": "List",
-            "items": self.placeholders().collect::<Vec<_>>(),
+            "items": self.placeholders(),
         });
         serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
     }

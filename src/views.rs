@@ -203,7 +203,7 @@ impl PlaceholderView {
     }
 
     /// The core's view; `node` is where its pod is bound, if it is.
-    pub fn existing(&self, node: Option<NodeInfo>) -> ExistingPlaceholder {
+    pub fn existing(&self, node: Option<std::sync::Arc<NodeInfo>>) -> ExistingPlaceholder {
         let pod = crate::pod::TaskPod { metadata: Default::default(), spec: self.spec.template.spec.clone() };
         let ann = &self.metadata.annotations;
         ExistingPlaceholder {

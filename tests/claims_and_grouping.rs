@@ -247,7 +247,7 @@ fn workspaces_mode_skips_pods_without_managed_claims() {
 fn isolate_mode_uses_required_anti_affinity() {
     let r = with_mode("r", "isolate-pipelinerun", &[("a", "ca")], &[("t", &["a"])]);
     let plan = World::new(vec![r], rwo(&["ca"])).plan();
-    let sts = plan.placeholders[0].create.as_ref().unwrap();
+    let sts = plan.placeholders[0].statefulset(NS, &Default::default()).unwrap();
     let anti = sts
         .spec
         .as_ref()
@@ -273,7 +273,7 @@ fn isolate_mode_falls_back_to_preferred_when_runs_share_a_claim() {
     let b = with_mode("b", "isolate-pipelinerun", &[("w", "shared")], &[("t", &["w"])]);
     let plan = World::new(vec![a, b], rwo(&["shared"])).plan();
     assert_eq!(plan.placeholders.len(), 1);
-    let sts = plan.placeholders[0].create.as_ref().unwrap();
+    let sts = plan.placeholders[0].statefulset(NS, &Default::default()).unwrap();
     let anti = sts
         .spec
         .as_ref()
@@ -307,7 +307,7 @@ fn configured_anti_affinity_applies_to_new_placeholders() {
         let mut w = World::new(vec![run("r", &[("w", "c")], &[("t", &["w"])])], rwo(&["c"]));
         w.config.placeholder_anti_affinity = setting;
         let plan = w.plan();
-        let spec = plan.placeholders[0].create.clone().unwrap().spec.unwrap().template.spec.unwrap();
+        let spec = plan.placeholders[0].statefulset(NS, &w.config).unwrap().spec.unwrap().template.spec.unwrap();
         let anti = spec.affinity.and_then(|a| a.pod_anti_affinity);
         assert_eq!(
             anti.as_ref().and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()).is_some(),

@@ -10,7 +10,7 @@ use serde_json::json;
 fn one_placeholder(w: &World) -> StatefulSet {
     let plan = w.plan();
     assert_eq!(plan.placeholders.len(), 1);
-    plan.placeholders[0].create.clone().expect("a new placeholder")
+    plan.placeholders[0].statefulset(NS, &w.config).expect("a new placeholder")
 }
 
 fn world_with_pod_template() -> World {

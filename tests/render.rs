@@ -28,13 +28,13 @@ fn source(path: &Path) -> Source {
 fn every_tekton_example_renders_and_matches_its_snapshot() {
     for path in fixtures() {
         let report = render::render(&[source(&path)], None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(report.placeholders().count() >= 1, "{}: every example shares a PVC workspace", path.display());
+        assert!(report.placeholders().len() >= 1, "{}: every example shares a PVC workspace", path.display());
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         insta::assert_snapshot!(format!("{name}.yaml"), report.format(Format::Yaml));
         insta::assert_snapshot!(format!("{name}.table"), report.format(Format::Table));
         let json: serde_json::Value = serde_json::from_str(&report.format(Format::Json)).unwrap();
         assert_eq!(json["kind"], "List");
-        assert_eq!(json["items"].as_array().unwrap().len(), report.placeholders().count());
+        assert_eq!(json["items"].as_array().unwrap().len(), report.placeholders().len());
     }
 }
 
@@ -54,7 +54,7 @@ fn yaml_output_is_apply_able_statefulsets() {
             assert!(sts.metadata.name.is_some());
             n += 1;
         }
-        assert_eq!(n, report.placeholders().count());
+        assert_eq!(n, report.placeholders().len());
     }
 }
 

@@ -177,8 +177,9 @@ impl Caches {
                 if !view.is_ours() {
                     return None;
                 }
-                let node =
-                    bound_node(&view.metadata.name, &pods).and_then(|n| self.nodes.get("", &n)).map(|n| node_info(&n));
+                let node = bound_node(&view.metadata.name, &pods)
+                    .and_then(|n| self.nodes.get("", &n))
+                    .map(|n| Arc::new(node_info(&n)));
                 Some(view.existing(node))
             })
             .collect();

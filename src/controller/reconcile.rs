@@ -34,7 +34,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     let config = effective_config(&ctx).await;
     let inputs = ctx.caches.inputs(&namespace);
     let plan = inputs.plan(&config, MissingClaims::Wait);
-    let result = carry_out(&ctx, &namespace, &inputs, &plan).await;
+    let result = carry_out(&ctx, &namespace, &config, &inputs, &plan).await;
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     result?;
     ctx.backoff.lock().unwrap_or_else(|e| e.into_inner()).remove(&namespace);
@@ -127,16 +127,18 @@ async fn event_on_owners(
     }
 }
 
-async fn carry_out(ctx: &Context, namespace: &str, inputs: &Inputs, plan: &Plan) -> Result<(), Error> {
+async fn carry_out(ctx: &Context, namespace: &str, config: &Config, inputs: &Inputs, plan: &Plan) -> Result<(), Error> {
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
 
     // 1. Create what is missing.
     for p in &plan.placeholders {
-        let Some(sts) = &p.create else { continue };
+        let Some(sts) = p.statefulset(namespace, config) else { continue };
         if !ctx.is_leader() {
             return Ok(());
         }
-        match sts_api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, sts).await
+        match sts_api
+            .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &sts)
+            .await
         {
             Ok(_) => {
                 ControllerMetrics::count(&ctx.metrics.placeholder_writes, "created");

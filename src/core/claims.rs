@@ -135,14 +135,18 @@ pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: Missin
 /// The claims each task mounts (managed or not), by task name; a task whose usage cannot be
 /// read mounts every claim of the run.
 pub fn task_claims(run: &Run) -> Vec<(&str, BTreeSet<String>)> {
+    task_claim_refs(run).into_iter().map(|(t, c)| (t, c.into_iter().map(String::from).collect())).collect()
+}
+
+fn task_claim_refs(run: &Run) -> Vec<(&str, BTreeSet<&str>)> {
     let claim_of: BTreeMap<&str, &str> =
         run.bindings.iter().filter_map(|b| Some((b.workspace.as_str(), b.source.claim()?))).collect();
     run.tasks
         .iter()
         .map(|t| {
             let claims = match &t.workspaces {
-                Some(ws) => ws.iter().filter_map(|w| claim_of.get(w.as_str())).map(|c| c.to_string()).collect(),
-                None => claim_of.values().map(|c| c.to_string()).collect(),
+                Some(ws) => ws.iter().filter_map(|w| claim_of.get(w.as_str()).copied()).collect(),
+                None => claim_of.values().copied().collect(),
             };
             (t.name.as_str(), claims)
         })
@@ -156,9 +160,9 @@ pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTre
     if mode.per_run() {
         return vec![managed.clone()];
     }
-    let mut groups: Vec<BTreeSet<String>> = Vec::new();
-    for (_, used) in task_claims(run) {
-        let used: BTreeSet<String> = used.intersection(managed).cloned().collect();
+    let mut groups: Vec<BTreeSet<&str>> = Vec::new();
+    for (_, used) in task_claim_refs(run) {
+        let used: BTreeSet<&str> = used.into_iter().filter(|c| managed.contains(*c)).collect();
         if used.is_empty() {
             continue;
         }
@@ -170,6 +174,8 @@ pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTre
         rest.push(merged);
         groups = rest;
     }
-    groups.sort();
-    groups
+    let mut out: Vec<BTreeSet<String>> =
+        groups.into_iter().map(|g| g.into_iter().map(String::from).collect()).collect();
+    out.sort();
+    out
 }

@@ -14,6 +14,7 @@ use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, PinnedPod, Run, Run
 use crate::names::{self, NameSeed};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Everything the plan is made from: one namespace.
 pub struct NamespaceState<'a> {
@@ -98,10 +99,38 @@ pub struct PlannedPlaceholder {
     pub run_modes: BTreeMap<String, Mode>,
     /// Unfinished pinned pods that need it (I4).
     pub pinned_pods: Vec<String>,
-    pub node: Option<NodeInfo>,
+    pub node: Option<Arc<NodeInfo>>,
     pub node_selector: BTreeMap<String, String>,
-    /// `Some` when it does not exist yet: the StatefulSet to create.
-    pub create: Option<StatefulSet>,
+    /// `Some` when it does not exist yet: what to create it from ([`Self::statefulset`]).
+    pub create: Option<NewPlaceholder>,
+}
+
+/// What a placeholder to create is made from, besides its claims, owners and the config.
+/// The StatefulSet itself is built on demand: the webhook never needs it, and building one
+/// costs more than planning a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPlaceholder {
+    /// The scheduling of the run that creates it (or of a pinned pod's run).
+    pub scheduling: Scheduling,
+    pub anti_affinity: AntiAffinity,
+}
+
+impl PlannedPlaceholder {
+    /// The complete StatefulSet to create; `None` for a placeholder that exists.
+    pub fn statefulset(&self, namespace: &str, config: &Config) -> Option<StatefulSet> {
+        let new = self.create.as_ref()?;
+        Some(placeholder::statefulset(&PlaceholderParts {
+            namespace,
+            name: &self.name,
+            claims: &self.claims,
+            mode: self.mode,
+            owners: &self.owners,
+            run_modes: &self.run_modes,
+            scheduling: &new.scheduling,
+            anti_affinity: new.anti_affinity,
+            config,
+        }))
+    }
 }
 
 /// The decision for a namespace.
@@ -145,7 +174,7 @@ struct Slot {
     prior_modes: BTreeMap<String, Mode>,
     users: BTreeSet<usize>,
     pinned_pods: Vec<String>,
-    node: Option<NodeInfo>,
+    node: Option<Arc<NodeInfo>>,
     node_selector: BTreeMap<String, String>,
     /// For new slots: the run whose scheduling it takes.
     creator: Option<usize>,
@@ -158,6 +187,11 @@ struct Builder<'a> {
     holder: BTreeMap<String, usize>,
     conflicts: Vec<Conflict>,
     warnings: Vec<String>,
+    /// Run uid -> placeholders that run owned before this plan (owner references, or pinned
+    /// pods' demand). Built once before runs are planned, so planning stays linear in runs.
+    owned_by: HashMap<String, BTreeSet<usize>>,
+    /// Run uid -> the mode recorded for it on an existing placeholder.
+    recorded_modes: HashMap<String, Mode>,
 }
 
 /// The plan for one namespace.
@@ -169,6 +203,8 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
         holder: BTreeMap::new(),
         conflicts: Vec::new(),
         warnings: Vec::new(),
+        owned_by: HashMap::new(),
+        recorded_modes: HashMap::new(),
     };
     let mut existing: Vec<&ExistingPlaceholder> = state.placeholders.iter().collect();
     existing.sort_by(|a, c| a.name.cmp(&c.name));
@@ -186,6 +222,14 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
     pinned.sort_by(|a, c| (&a.placeholder, &a.name).cmp(&(&c.placeholder, &c.name)));
     for p in pinned {
         b.add_pinned_demand(p);
+    }
+    for (i, slot) in b.slots.iter().enumerate() {
+        for uid in &slot.prior_owners {
+            b.owned_by.entry(uid.clone()).or_default().insert(i);
+        }
+        for (uid, mode) in &slot.prior_modes {
+            b.recorded_modes.entry(uid.clone()).or_insert(*mode);
+        }
     }
 
     let runs: Vec<RunPlan> = order.iter().map(|&i| b.plan_run(i)).collect();
@@ -291,11 +335,11 @@ impl<'a> Builder<'a> {
         let state = self.state;
         let run = &state.runs[ri];
         let run_claims = claims::run_claims(run, state.claims, state.missing_claims);
+        let managed_names = run_claims.names();
         let mut warnings = Vec::new();
-        let owned: BTreeSet<usize> =
-            (0..self.slots.len()).filter(|&i| self.slots[i].prior_owners.contains(&run.uid)).collect();
+        let owned: BTreeSet<usize> = self.owned_by.get(&run.uid).cloned().unwrap_or_default();
         // The mode is fixed when the run is first seen: recorded on the placeholders it uses.
-        let recorded = self.slots.iter().find_map(|s| s.prior_modes.get(&run.uid).copied());
+        let recorded = self.recorded_modes.get(&run.uid).copied();
         let mode = match annotated_mode(run) {
             Ok(Some(m)) => m,
             Ok(None) => recorded.unwrap_or(state.config.mode),
@@ -309,8 +353,8 @@ impl<'a> Builder<'a> {
             uid: run.uid.clone(),
             mode,
             status: RunStatus::Managed,
-            claims: run_claims.managed.clone(),
-            ignored: run_claims.ignored.clone(),
+            claims: run_claims.managed,
+            ignored: run_claims.ignored,
             holders: BTreeMap::new(),
             home: None,
             warnings,
@@ -330,7 +374,7 @@ impl<'a> Builder<'a> {
         let may_create = state.config.enabled;
         // With the add-on disabled, a run keeps using what it owns and nothing else.
         let usable = |i: usize| may_create || owned.contains(&i);
-        let groups = claims::run_groups(run, &run_claims.names(), mode);
+        let groups = claims::run_groups(run, &managed_names, mode);
         for group in &groups {
             let mut targets: BTreeSet<usize> = BTreeSet::new();
             let mut remainder: BTreeSet<String> = BTreeSet::new();
@@ -426,11 +470,12 @@ impl<'a> Builder<'a> {
 
     fn finish(self, runs: Vec<RunPlan>) -> Plan {
         let state = self.state;
-        let mut placeholders = Vec::new();
+        let mut placeholders = Vec::with_capacity(self.slots.len());
         let mut delete = Vec::new();
-        for slot in &self.slots {
+        // Slots are consumed: their data moves into the plan instead of being copied.
+        for slot in self.slots {
             if slot.existing && slot.users.is_empty() && slot.pinned_pods.is_empty() {
-                delete.push(slot.name.clone());
+                delete.push(slot.name);
                 continue;
             }
             let mut owners: Vec<Owner> = slot
@@ -463,31 +508,21 @@ impl<'a> Builder<'a> {
                     Mode::IsolatePipelineRun => AntiAffinity::Required,
                     _ => state.config.placeholder_anti_affinity,
                 };
-                placeholder::statefulset(&PlaceholderParts {
-                    namespace: state.namespace,
-                    name: &slot.name,
-                    claims: &slot.claims,
-                    mode: slot.mode,
-                    owners: &owners,
-                    run_modes: &run_modes,
-                    scheduling,
-                    anti_affinity,
-                    config: state.config,
-                })
+                NewPlaceholder { scheduling: scheduling.clone(), anti_affinity }
             });
             placeholders.push(PlannedPlaceholder {
-                name: slot.name.clone(),
-                claims: slot.claims.clone(),
+                name: slot.name,
+                claims: slot.claims,
                 mode: slot.mode,
                 owners,
                 run_modes,
-                pinned_pods: slot.pinned_pods.clone(),
-                node: slot.node.clone(),
-                node_selector: slot.node_selector.clone(),
+                pinned_pods: slot.pinned_pods,
+                node: slot.node,
+                node_selector: slot.node_selector,
                 create,
             });
         }
-        placeholders.sort_by(|a, b| a.name.cmp(&b.name));
+        placeholders.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         delete.sort();
         Plan {
             namespace: state.namespace.to_string(),

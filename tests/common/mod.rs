@@ -123,7 +123,7 @@ impl World {
                     mode: Some(p.mode),
                     run_modes: p.run_modes.clone(),
                     node_selector: p.node_selector.clone(),
-                    node: node.cloned(),
+                    node: node.cloned().map(std::sync::Arc::new),
                 });
             }
         }
