@@ -7,7 +7,7 @@ use affinity_assistant::cluster::watch::{self, WatchOptions};
 use affinity_assistant::controller::{self, Context, ControllerMetrics, Options};
 use affinity_assistant::decider::CacheDecider;
 use affinity_assistant::health::{self, Readiness};
-use affinity_assistant::webhook::certs::{ExternalFiles, SelfManaged, TlsSource};
+use affinity_assistant::webhook::certs::{CertStore, ExternalFiles, SelfManaged, TlsSource};
 use affinity_assistant::webhook::metrics::WebhookMetrics;
 use affinity_assistant::webhook::server::{WebhookOptions, WebhookServer};
 use anyhow::{Context as _, Result};
@@ -120,7 +120,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
 
     let webhook_task = if args.controller_only {
-        None
+        // The leader writes the self-managed Secret and caBundle; in a split deployment the
+        // leader is a controller-only replica, so it runs the certificate loop without serving.
+        if args.cert_mode == CertMode::SelfManaged {
+            let mut sm = SelfManaged::new(client.clone(), &args.namespace, leader_rx.clone());
+            sm.secret_name = args.tls_secret.clone();
+            sm.service_name = args.service_name.clone();
+            sm.webhook_config_name = args.webhook_configuration.clone();
+            let stop = stop.clone();
+            Some(tokio::spawn(sm.into_loop().run(CertStore::new(), stop)))
+        } else {
+            None
+        }
     } else {
         let tls = match args.cert_mode {
             CertMode::External => TlsSource::External(ExternalFiles::new(

@@ -31,6 +31,9 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let started = Instant::now();
+    let tekton_on =
+        ctx.caches.tekton_coschedule().is_some_and(|v| crate::engine::tekton::coschedule_enabled(v.as_deref()));
+    ctx.metrics.tekton_coschedule_on.set(i64::from(tekton_on));
     let config = effective_config(&ctx).await;
     let inputs = ctx.caches.inputs(&namespace);
     let plan = inputs.plan(&config, MissingClaims::Wait);
