@@ -196,10 +196,7 @@ impl PlaceholderView {
 
     /// Whether this StatefulSet is one of ours (never act on anything else).
     pub fn is_ours(&self) -> bool {
-        let l = &self.metadata.labels;
-        l.get(names::LABEL_APP_MANAGED_BY).map(String::as_str) == Some(names::APP_NAME)
-            && l.get(names::LABEL_APP_COMPONENT).map(String::as_str) == Some(names::COMPONENT_PLACEHOLDER)
-            && l.contains_key(names::LABEL_PLACEHOLDER)
+        is_placeholder(&self.metadata.labels)
     }
 
     /// The core's view; `node` is where its pod is bound, if it is.
@@ -241,22 +238,82 @@ pub fn pinned_pod(v: &serde_json::Value) -> Result<Option<PinnedPod>, ParseError
         status: Status,
     }
     let pod: Pod = from_value("Pod", v)?;
+    Ok(pinned_from_parts(
+        &pod.metadata.display_name(),
+        &pod.metadata.labels,
+        &pod.metadata.annotations,
+        &pod.status.phase,
+    ))
+}
+
+/// [`pinned_pod`] for a typed Pod (the caches hold those): no JSON round trip.
+pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPod> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     let m = &pod.metadata;
-    let (Some(placeholder), Some("true")) =
-        (m.annotations.get(names::ANNOTATION_PINNED_TO), m.labels.get(names::LABEL_PINNED).map(String::as_str))
-    else {
-        return Ok(None);
-    };
-    if matches!(pod.status.phase.as_str(), "Succeeded" | "Failed") {
-        return Ok(None);
+    let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+    pinned_from_parts(&name, m.labels.as_ref().unwrap_or(&EMPTY), m.annotations.as_ref().unwrap_or(&EMPTY), phase)
+}
+
+fn pinned_from_parts(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    phase: &str,
+) -> Option<PinnedPod> {
+    let placeholder = annotations.get(names::ANNOTATION_PINNED_TO)?;
+    if labels.get(names::LABEL_PINNED).map(String::as_str) != Some("true") || matches!(phase, "Succeeded" | "Failed") {
+        return None;
     }
-    let claims: BTreeSet<String> = m
-        .annotations
+    let claims: BTreeSet<String> = annotations
         .get(names::ANNOTATION_CLAIMS)
         .map(|c| c.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
         .unwrap_or_default();
-    let run_uid = crate::engine::engines().iter().find_map(|e| e.pod_run(m)).and_then(|r| r.uid);
-    Ok(Some(PinnedPod { name: m.display_name(), run_uid, placeholder: placeholder.clone(), claims }))
+    let meta = crate::pod::PodMeta { labels: labels.clone(), ..Default::default() };
+    let run_uid = crate::engine::engines().iter().find_map(|e| e.pod_run(&meta)).and_then(|r| r.uid);
+    Some(PinnedPod { name: name.to_string(), run_uid, placeholder: placeholder.clone(), claims })
+}
+
+/// [`PlaceholderView::existing`] for a typed StatefulSet (the caches hold those): `None` when
+/// it is not one of ours.
+pub fn placeholder_from_statefulset(
+    sts: &k8s_openapi::api::apps::v1::StatefulSet,
+    node: impl FnOnce(&str) -> Option<std::sync::Arc<NodeInfo>>,
+) -> Option<ExistingPlaceholder> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    let m = &sts.metadata;
+    let labels = m.labels.as_ref().unwrap_or(&EMPTY);
+    if !is_placeholder(labels) {
+        return None;
+    }
+    let name = m.name.clone().unwrap_or_default();
+    let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    let claims = pod
+        .and_then(|p| p.volumes.as_ref())
+        .map(|v| v.iter().filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone())).collect())
+        .unwrap_or_default();
+    let ann = m.annotations.as_ref().unwrap_or(&EMPTY);
+    Some(ExistingPlaceholder {
+        claims,
+        owners: m
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|o| OwnerRun { name: o.name.clone(), uid: o.uid.clone() })
+            .collect(),
+        mode: ann.get(names::ANNOTATION_MODE).and_then(|m| m.parse::<Mode>().ok()),
+        run_modes: ann.get(names::ANNOTATION_RUN_MODES).map(|v| parse_run_modes(v)).unwrap_or_default(),
+        node_selector: pod.and_then(|p| p.node_selector.clone()).unwrap_or_default(),
+        node: node(&name),
+        name,
+    })
+}
+
+/// The labels every placeholder carries (never act on anything else).
+fn is_placeholder(l: &BTreeMap<String, String>) -> bool {
+    l.get(names::LABEL_APP_MANAGED_BY).map(String::as_str) == Some(names::APP_NAME)
+        && l.get(names::LABEL_APP_COMPONENT).map(String::as_str) == Some(names::COMPONENT_PLACEHOLDER)
+        && l.contains_key(names::LABEL_PLACEHOLDER)
 }
 
 #[cfg(test)]
@@ -297,6 +354,40 @@ mod tests {
         assert_eq!(e.owners, vec![OwnerRun { name: "r".into(), uid: "u".into() }]);
         assert_eq!(e.mode, Some(Mode::PipelineRuns));
         assert_eq!(e.run_modes, modes);
+    }
+
+    #[test]
+    fn typed_and_json_readings_agree() {
+        let claims: BTreeSet<String> = ["a".to_string()].into();
+        let owners = vec![Owner {
+            api_version: "tekton.dev/v1".into(),
+            kind: "PipelineRun".into(),
+            name: "r".into(),
+            uid: "u".into(),
+        }];
+        let modes: BTreeMap<String, Mode> = [("u".to_string(), Mode::Workspaces)].into();
+        let config = Config::default();
+        let sts = statefulset(&PlaceholderParts {
+            namespace: "ns",
+            name: "aa-a-0123456789",
+            claims: &claims,
+            mode: Mode::Workspaces,
+            owners: &owners,
+            run_modes: &modes,
+            scheduling: &Scheduling::default(),
+            anti_affinity: crate::config::AntiAffinity::Preferred,
+            config: &config,
+        });
+        let typed = placeholder_from_statefulset(&sts, |_| None).unwrap();
+        let viewed = PlaceholderView::from_value(&serde_json::to_value(&sts).unwrap()).unwrap().existing(None);
+        assert_eq!(typed, viewed);
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({"metadata": {"name": "p",
+            "labels": {"affinity-assistant.dev/pinned": "true", "tekton.dev/pipelineRun": "r", "tekton.dev/pipelineRunUID": "u"},
+            "annotations": {"affinity-assistant.dev/pinned-to": "aa-x", "affinity-assistant.dev/claims": "a"}},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+        assert_eq!(pinned_from_pod(&pod), pinned_pod(&serde_json::to_value(&pod).unwrap()).unwrap());
+        assert!(pinned_from_pod(&pod).is_some());
     }
 
     #[test]

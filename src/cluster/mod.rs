@@ -12,7 +12,6 @@ use crate::core::{self, MissingClaims, NamespaceState, Plan};
 use crate::engine::tekton::{self, PipelineRun};
 use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, PinnedPod, Run};
 use crate::names;
-use crate::views::PlaceholderView;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
@@ -173,14 +172,9 @@ impl Caches {
             .in_namespace(ns)
             .iter()
             .filter_map(|sts| {
-                let view = PlaceholderView::from_value(&serde_json::to_value(sts.as_ref()).ok()?).ok()?;
-                if !view.is_ours() {
-                    return None;
-                }
-                let node = bound_node(&view.metadata.name, &pods)
-                    .and_then(|n| self.nodes.get("", &n))
-                    .map(|n| Arc::new(node_info(&n)));
-                Some(view.existing(node))
+                crate::views::placeholder_from_statefulset(sts, |name| {
+                    bound_node(name, &pods).and_then(|n| self.nodes.get("", &n)).map(|n| Arc::new(node_info(&n)))
+                })
             })
             .collect();
         let pinned = self.task_pods.in_namespace(ns).iter().filter_map(|p| pinned_pod(p)).collect();
@@ -265,8 +259,7 @@ pub fn bound_node(placeholder: &str, pods: &[Arc<Pod>]) -> Option<String> {
 
 /// A pinned, unfinished pod: demand for its placeholder (I4).
 pub fn pinned_pod(pod: &Pod) -> Option<PinnedPod> {
-    let value = serde_json::to_value(pod).ok()?;
-    crate::views::pinned_pod(&value).ok().flatten()
+    crate::views::pinned_from_pod(pod)
 }
 
 /// Whether a controller holds a fresh leader lease (`now` in seconds since the epoch).
