@@ -173,7 +173,7 @@ fn read_inputs(sources: &[Source], config: Option<&Source>, notes: &mut Vec<Stri
                 ("v1", "PersistentVolumeClaim") => {
                     let pvc: PersistentVolumeClaim =
                         crate::engine::from_value("PersistentVolumeClaim", &doc.value).map_err(|e| doc.parse_err(e))?;
-                    let info = claim_info(&pvc);
+                    let info = crate::cluster::claim_info(&pvc);
                     if info.name.is_empty() {
                         return Err(doc.parse_err(ParseError::Invalid {
                             kind: "PersistentVolumeClaim".into(),
@@ -222,17 +222,6 @@ fn read_inputs(sources: &[Source], config: Option<&Source>, notes: &mut Vec<Stri
         }
     }
     Ok(inputs)
-}
-
-fn claim_info(pvc: &PersistentVolumeClaim) -> ClaimInfo {
-    let status = pvc.status.as_ref();
-    ClaimInfo {
-        name: pvc.metadata.name.clone().unwrap_or_default(),
-        spec_access_modes: pvc.spec.as_ref().and_then(|s| s.access_modes.clone()).unwrap_or_default(),
-        status_access_modes: status.and_then(|s| s.access_modes.clone()).unwrap_or_default(),
-        bound: status.and_then(|s| s.phase.as_deref()) == Some("Bound"),
-        node_pinned: false,
-    }
 }
 
 /// Reads the sources and decides what the add-on would do.
