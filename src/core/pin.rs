@@ -139,11 +139,27 @@ pub fn is_pin_term(term: &PodAffinityTerm) -> bool {
         .is_some_and(|m| m.len() == 1 && m.contains_key(names::LABEL_PLACEHOLDER))
 }
 
+/// "pod ns/name", formatted only when a message is built: pinning needs no message.
+struct Who<'a> {
+    namespace: &'a str,
+    pod: &'a crate::pod::PodMeta,
+}
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.pod.name.is_empty() {
+            write!(f, "pod {}/{}*", self.namespace, self.pod.generate_name)
+        } else {
+            write!(f, "pod {}/{}", self.namespace, self.pod.name)
+        }
+    }
+}
+
 /// Decides what a task pod gets. `controller_alive`: a controller holds a fresh leader
 /// lease, so a placeholder the plan promises will be created.
 pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
     let meta = &pod.metadata;
-    let who = format!("pod {}/{}", plan.namespace, meta.display_name());
+    let who = Who { namespace: &plan.namespace, pod: meta };
     if meta.labels.contains_key(names::LABEL_PLACEHOLDER) {
         return skip(SkipReason::Placeholder, format!("{who} is a placeholder"));
     }
