@@ -3,7 +3,7 @@
 
 use crate::cluster::{Caches, claim_info, lease_fresh};
 use crate::core::claims::IgnoreReason;
-use crate::core::{self, Decision, MissingClaims, SkipReason};
+use crate::core::{self, Decision, MissingClaims, Plan, SkipReason};
 use crate::engine::tekton::PipelineRun;
 use crate::pod::TaskPod;
 use crate::webhook::Decider;
@@ -47,7 +47,7 @@ impl CacheDecider {
     }
 
     /// The cache missed the pod's run or one of its claims: read them once and decide again.
-    async fn decide_after_lookup(&self, pod: &TaskPod, first: Decision, alive: bool) -> Decision {
+    async fn decide_after_lookup(&self, pod: &TaskPod, plan: &Plan, first: Decision, alive: bool) -> Decision {
         let Some(client) = self.client.clone() else { return first };
         let ns = pod.metadata.namespace.as_str();
         let Some(run_ref) = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata)) else {
@@ -64,7 +64,6 @@ impl CacheDecider {
             }
         } else {
             // Claims the plan could not judge because their PVC was not in the cache.
-            let plan = self.caches.plan(ns);
             let missing: Vec<String> = plan
                 .run(&run_ref.name, run_ref.uid.as_deref())
                 .map(|r| {
@@ -102,7 +101,7 @@ impl Decider for CacheDecider {
         let first = core::decide(pod, &plan, alive);
         match first.skip_reason() {
             Some(SkipReason::RunNotFound | SkipReason::NoManagedClaim | SkipReason::NoPlaceholder) => {
-                self.decide_after_lookup(pod, first, alive).await
+                self.decide_after_lookup(pod, &plan, first, alive).await
             }
             _ => first,
         }

@@ -1,7 +1,6 @@
 //! One namespace's reconcile: carry out the core's plan and surface what goes wrong.
 
 use super::{Context, ControllerMetrics, Error};
-use crate::cluster::Inputs;
 use crate::config::Config;
 use crate::core::{MissingClaims, Plan, PlannedPlaceholder, RunStatus};
 use crate::names;
@@ -37,7 +36,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     let config = effective_config(&ctx).await;
     let inputs = ctx.caches.inputs(&namespace);
     let plan = inputs.plan(&config, MissingClaims::Wait);
-    let result = carry_out(&ctx, &namespace, &config, &inputs, &plan).await;
+    let result = carry_out(&ctx, &namespace, &config, &plan).await;
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     result?;
     ctx.backoff.lock().unwrap_or_else(|e| e.into_inner()).remove(&namespace);
@@ -130,7 +129,7 @@ async fn event_on_owners(
     }
 }
 
-async fn carry_out(ctx: &Context, namespace: &str, config: &Config, inputs: &Inputs, plan: &Plan) -> Result<(), Error> {
+async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan) -> Result<(), Error> {
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
 
     // 1. Create what is missing.
@@ -261,7 +260,7 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, inputs: &Inp
         let Some(pod) = pods.iter().find(|pod| pod.labels().get(names::LABEL_PLACEHOLDER) == Some(&p.name)) else {
             continue;
         };
-        check_placeholder_pod(ctx, namespace, p, pod, inputs).await?;
+        check_placeholder_pod(ctx, namespace, p, pod).await?;
     }
 
     // 6. Pinned pods Pending too long; managed task pods that were not pinned.
@@ -363,13 +362,7 @@ async fn node_pinned_claim(ctx: &Context, namespace: &str, claims: &BTreeSet<Str
     Ok(None)
 }
 
-async fn check_placeholder_pod(
-    ctx: &Context,
-    namespace: &str,
-    p: &PlannedPlaceholder,
-    pod: &Pod,
-    _inputs: &Inputs,
-) -> Result<(), Error> {
+async fn check_placeholder_pod(ctx: &Context, namespace: &str, p: &PlannedPlaceholder, pod: &Pod) -> Result<(), Error> {
     let pod_name = pod.name_any();
     let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let Some(node_name) = node_name else {
@@ -512,9 +505,8 @@ async fn surface_task_pods(ctx: &Context, namespace: &str, plan: &Plan, placehol
                     continue;
                 }
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let first = !ctx.memory().reported.contains(&(uid.clone(), "PodNotPinned".into(), String::new()));
+                let first = ctx.memory().reported.insert((uid, "PodNotPinned".into(), String::new()));
                 if first {
-                    ctx.memory().reported.insert((uid, "PodNotPinned".into(), String::new()));
                     ctx.metrics.unpinned_managed.inc();
                     let claims = managed.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ");
                     let note = format!(
