@@ -166,101 +166,31 @@ impl NodeView {
 
 // --- Placeholder StatefulSet and its pod ----------------------------------------------------------
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlaceholderView {
-    #[serde(default)]
-    pub metadata: Meta,
-    #[serde(default)]
-    pub spec: PlaceholderSpecView,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlaceholderSpecView {
-    #[serde(default)]
-    pub template: PlaceholderTemplateView,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlaceholderTemplateView {
-    #[serde(default)]
-    pub spec: crate::pod::PodSpecView,
-}
-
-impl PlaceholderView {
-    pub fn from_value(v: &serde_json::Value) -> Result<PlaceholderView, ParseError> {
-        from_value("StatefulSet", v)
-    }
-
-    /// Whether this StatefulSet is one of ours (never act on anything else).
-    pub fn is_ours(&self) -> bool {
-        is_placeholder(&self.metadata.labels)
-    }
-
-    /// The core's view; `node` is where its pod is bound, if it is.
-    pub fn existing(&self, node: Option<std::sync::Arc<NodeInfo>>) -> ExistingPlaceholder {
-        let pod = crate::pod::TaskPod { metadata: Default::default(), spec: self.spec.template.spec.clone() };
-        let ann = &self.metadata.annotations;
-        ExistingPlaceholder {
-            name: self.metadata.name.clone(),
-            claims: pod.claims().into_iter().map(String::from).collect(),
-            owners: self
-                .metadata
-                .owner_references
-                .iter()
-                .map(|o| OwnerRun { name: o.name.clone(), uid: o.uid.clone() })
-                .collect(),
-            mode: ann.get(names::ANNOTATION_MODE).and_then(|m| m.parse::<Mode>().ok()),
-            run_modes: ann.get(names::ANNOTATION_RUN_MODES).map(|v| parse_run_modes(v)).unwrap_or_default(),
-            node_selector: self.spec.template.spec.node_selector.clone(),
-            node,
-        }
-    }
+/// A StatefulSet read from JSON as the core's existing placeholder: `Ok(None)` when it is not
+/// one of ours (never act on anything else). The caches hold typed objects and call
+/// [`placeholder_from_statefulset`] directly; this is the same reading.
+pub fn placeholder_from_value(
+    v: &serde_json::Value,
+    node: impl FnOnce(&str) -> Option<std::sync::Arc<NodeInfo>>,
+) -> Result<Option<ExistingPlaceholder>, ParseError> {
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = from_value("StatefulSet", v)?;
+    Ok(placeholder_from_statefulset(&sts, node))
 }
 
 /// A pinned pod as the controller sees it: `None` for pods that are not pinned by us or that
 /// have finished (they no longer need their placeholder).
 pub fn pinned_pod(v: &serde_json::Value) -> Result<Option<PinnedPod>, ParseError> {
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct Status {
-        #[serde(default, deserialize_with = "nullable")]
-        phase: String,
-    }
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Pod {
-        #[serde(default)]
-        metadata: crate::pod::PodMeta,
-        #[serde(default)]
-        status: Status,
-    }
-    let pod: Pod = from_value("Pod", v)?;
-    Ok(pinned_from_parts(
-        &pod.metadata.display_name(),
-        &pod.metadata.labels,
-        &pod.metadata.annotations,
-        &pod.status.phase,
-    ))
+    let pod: k8s_openapi::api::core::v1::Pod = from_value("Pod", v)?;
+    Ok(pinned_from_pod(&pod))
 }
 
 /// [`pinned_pod`] for a typed Pod (the caches hold those): no JSON round trip.
 pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPod> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     let m = &pod.metadata;
-    let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
+    let labels = m.labels.as_ref().unwrap_or(&EMPTY);
+    let annotations = m.annotations.as_ref().unwrap_or(&EMPTY);
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-    pinned_from_parts(&name, m.labels.as_ref().unwrap_or(&EMPTY), m.annotations.as_ref().unwrap_or(&EMPTY), phase)
-}
-
-fn pinned_from_parts(
-    name: &str,
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-    phase: &str,
-) -> Option<PinnedPod> {
     let placeholder = annotations.get(names::ANNOTATION_PINNED_TO)?;
     if labels.get(names::LABEL_PINNED).map(String::as_str) != Some("true") || matches!(phase, "Succeeded" | "Failed") {
         return None;
@@ -271,10 +201,11 @@ fn pinned_from_parts(
         .unwrap_or_default();
     let meta = crate::pod::PodMeta { labels: labels.clone(), ..Default::default() };
     let run_uid = crate::engine::engines().iter().find_map(|e| e.pod_run(&meta)).and_then(|r| r.uid);
-    Some(PinnedPod { name: name.to_string(), run_uid, placeholder: placeholder.clone(), claims })
+    let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
+    Some(PinnedPod { name, run_uid, placeholder: placeholder.clone(), claims })
 }
 
-/// [`PlaceholderView::existing`] for a typed StatefulSet (the caches hold those): `None` when
+/// A typed StatefulSet as the core's existing placeholder (the caches hold those): `None` when
 /// it is not one of ours.
 pub fn placeholder_from_statefulset(
     sts: &k8s_openapi::api::apps::v1::StatefulSet,
@@ -346,9 +277,7 @@ mod tests {
             anti_affinity: crate::config::AntiAffinity::Preferred,
             config: &config,
         });
-        let view = PlaceholderView::from_value(&serde_json::to_value(&sts).unwrap()).unwrap();
-        assert!(view.is_ours());
-        let e = view.existing(None);
+        let e = placeholder_from_value(&serde_json::to_value(&sts).unwrap(), |_| None).unwrap().expect("ours");
         assert_eq!(e.name, "aa-a-0123456789");
         assert_eq!(e.claims, claims);
         assert_eq!(e.owners, vec![OwnerRun { name: "r".into(), uid: "u".into() }]);
@@ -357,44 +286,10 @@ mod tests {
     }
 
     #[test]
-    fn typed_and_json_readings_agree() {
-        let claims: BTreeSet<String> = ["a".to_string()].into();
-        let owners = vec![Owner {
-            api_version: "tekton.dev/v1".into(),
-            kind: "PipelineRun".into(),
-            name: "r".into(),
-            uid: "u".into(),
-        }];
-        let modes: BTreeMap<String, Mode> = [("u".to_string(), Mode::Workspaces)].into();
-        let config = Config::default();
-        let sts = statefulset(&PlaceholderParts {
-            namespace: "ns",
-            name: "aa-a-0123456789",
-            claims: &claims,
-            mode: Mode::Workspaces,
-            owners: &owners,
-            run_modes: &modes,
-            scheduling: &Scheduling::default(),
-            anti_affinity: crate::config::AntiAffinity::Preferred,
-            config: &config,
-        });
-        let typed = placeholder_from_statefulset(&sts, |_| None).unwrap();
-        let viewed = PlaceholderView::from_value(&serde_json::to_value(&sts).unwrap()).unwrap().existing(None);
-        assert_eq!(typed, viewed);
-        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({"metadata": {"name": "p",
-            "labels": {"affinity-assistant.dev/pinned": "true", "tekton.dev/pipelineRun": "r", "tekton.dev/pipelineRunUID": "u"},
-            "annotations": {"affinity-assistant.dev/pinned-to": "aa-x", "affinity-assistant.dev/claims": "a"}},
-            "status": {"phase": "Pending"}}))
-        .unwrap();
-        assert_eq!(pinned_from_pod(&pod), pinned_pod(&serde_json::to_value(&pod).unwrap()).unwrap());
-        assert!(pinned_from_pod(&pod).is_some());
-    }
-
-    #[test]
     fn foreign_statefulsets_are_not_ours() {
         let tekton = json!({"metadata": {"name": "affinity-assistant-1", "labels": {
             "app.kubernetes.io/component": "affinity-assistant", "app.kubernetes.io/managed-by": "tekton-pipelines"}}});
-        assert!(!PlaceholderView::from_value(&tekton).unwrap().is_ours());
+        assert!(placeholder_from_value(&tekton, |_| None).unwrap().is_none());
     }
 
     #[test]
