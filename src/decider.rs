@@ -46,50 +46,56 @@ impl CacheDecider {
         }
     }
 
-    /// The cache missed the pod's run or one of its claims: read them once and decide again.
-    async fn decide_after_lookup(&self, pod: &TaskPod, plan: &Plan, first: Decision, alive: bool) -> Decision {
+    /// The cache missed the pod's run or some of its claims: read them once and decide again.
+    /// A new run's pod can beat both the run and its claims (a volumeClaimTemplate's PVC is
+    /// created just before the pod) to the caches, so a fetched run's missing claims are
+    /// fetched too.
+    async fn decide_after_lookup(&self, pod: &TaskPod, plan: Arc<Plan>, first: Decision, alive: bool) -> Decision {
         let Some(client) = self.client.clone() else { return first };
         let ns = pod.metadata.namespace.as_str();
         let Some(run_ref) = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata)) else {
             return first;
         };
-        let mut fetched_run = None;
-        let mut fetched_claims = Vec::new();
+        let mut inputs = None;
+        let mut plan = plan;
         if first.skip_reason() == Some(SkipReason::RunNotFound) {
             if let Some(pr) = self.get(Api::<PipelineRun>::namespaced(client.clone(), ns), &run_ref.name).await
                 && let Ok(run) = pr.to_run()
                 && run_ref.uid.as_deref().is_none_or(|u| u == run.uid)
             {
-                fetched_run = Some(run);
-            }
-        } else {
-            // Claims the plan could not judge because their PVC was not in the cache.
-            let missing: Vec<String> = plan
-                .run(&run_ref.name, run_ref.uid.as_deref())
-                .map(|r| {
-                    r.ignored
-                        .iter()
-                        .filter(|i| i.reason == IgnoreReason::Missing)
-                        .filter_map(|i| i.claim.clone())
-                        .filter(|c| pod.claims().contains(&c.as_str()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for claim in missing {
-                if let Some(pvc) = self.get(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), &claim).await
-                {
-                    fetched_claims.push((claim, claim_info(&pvc)));
-                }
+                let mut with_run = self.caches.inputs(ns);
+                with_run.runs.push(run);
+                plan = Arc::new(with_run.plan(&self.caches.config(), MissingClaims::Wait));
+                inputs = Some(with_run);
+            } else {
+                return first;
             }
         }
-        let changed = fetched_run.is_some() || !fetched_claims.is_empty();
-        let mut inputs = if changed { self.caches.inputs(ns) } else { Default::default() };
-        inputs.runs.extend(fetched_run);
-        inputs.claims.extend(fetched_claims);
-        if !changed {
+        // Claims the plan could not judge because their PVC was not in the cache.
+        let missing: Vec<String> = plan
+            .run(&run_ref.name, run_ref.uid.as_deref())
+            .map(|r| {
+                r.ignored
+                    .iter()
+                    .filter(|i| i.reason == IgnoreReason::Missing)
+                    .filter_map(|i| i.claim.clone())
+                    .filter(|c| pod.claims().contains(&c.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut fetched_claims = Vec::new();
+        for claim in missing {
+            if let Some(pvc) = self.get(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), &claim).await {
+                fetched_claims.push((claim, claim_info(&pvc)));
+            }
+        }
+        if !fetched_claims.is_empty() {
+            let mut with_claims = inputs.unwrap_or_else(|| self.caches.inputs(ns));
+            with_claims.claims.extend(fetched_claims);
+            plan = Arc::new(with_claims.plan(&self.caches.config(), MissingClaims::Wait));
+        } else if inputs.is_none() {
             return first;
         }
-        let plan = inputs.plan(&self.caches.config(), MissingClaims::Wait);
         core::decide(pod, &plan, alive)
     }
 }
@@ -101,7 +107,7 @@ impl Decider for CacheDecider {
         let first = core::decide(pod, &plan, alive);
         match first.skip_reason() {
             Some(SkipReason::RunNotFound | SkipReason::NoManagedClaim | SkipReason::NoPlaceholder) => {
-                self.decide_after_lookup(pod, &plan, first, alive).await
+                self.decide_after_lookup(pod, plan, first, alive).await
             }
             _ => first,
         }
