@@ -159,6 +159,25 @@ pub struct ConfigReport {
 }
 
 impl Config {
+    /// Every key with its default value, as written in the ConfigMap the add-on ships.
+    pub fn default_data() -> BTreeMap<String, String> {
+        let d = Config::default();
+        [
+            (KEY_ENABLED, d.enabled.to_string()),
+            (KEY_MODE, d.mode.as_str().to_string()),
+            (KEY_IMAGE, d.placeholder_image),
+            (KEY_CPU, d.placeholder_cpu),
+            (KEY_MEMORY, d.placeholder_memory),
+            (KEY_PRIORITY_CLASS, d.placeholder_priority_class.unwrap_or_default()),
+            (KEY_NODE_SELECTOR, String::new()),
+            (KEY_TOLERATIONS, String::new()),
+            (KEY_ANTI_AFFINITY, d.placeholder_anti_affinity.as_str().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// Strict parse (for `render --config`): any invalid value is an error.
     pub fn from_data(data: &BTreeMap<String, String>) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
         let (config, report) = Config::default().update(data);
@@ -324,6 +343,14 @@ pub fn parse_tolerations(s: &str) -> Result<Vec<Toleration>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn default_data_has_every_key_and_parses_to_the_default() {
+        let data = Config::default_data();
+        assert_eq!(data.keys().map(String::as_str).collect::<BTreeSet<_>>(), KEYS.into_iter().collect());
+        assert_eq!(Config::from_data(&data), Ok((Config::default(), vec![])));
+    }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

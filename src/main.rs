@@ -1,5 +1,6 @@
 //! The `affinity-assistant` command.
 
+use affinity_assistant::manifests;
 use affinity_assistant::render::{self, Format, Source};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -27,6 +28,9 @@ enum Command {
     /// Offline: read YAML files and print the placeholders the add-on would create and what
     /// each task's pod would get. Needs no cluster.
     Render(RenderArgs),
+    /// Print the install YAML (Namespace, RBAC, config, Deployment, Services, PDB, webhook
+    /// configuration) for `kubectl apply -f -`.
+    Manifests(ManifestsArgs),
     /// Print the version.
     Version,
 }
@@ -46,9 +50,43 @@ struct RenderArgs {
 }
 
 #[derive(clap::Args)]
+struct ManifestsArgs {
+    /// The add-on's namespace.
+    #[arg(long, default_value = manifests::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// The add-on's container image (default: the release matching this binary).
+    #[arg(long)]
+    image: Option<String>,
+    /// Replicas of the Deployment (one leads the controller; every one serves the webhook).
+    #[arg(long, default_value_t = 2)]
+    replicas: i32,
+    /// Who issues the webhook's certificate.
+    #[arg(long, value_enum, default_value_t = ManifestsCertMode::SelfManaged)]
+    cert_mode: ManifestsCertMode,
+    /// Manage only this namespace (repeatable): Roles there instead of cluster-wide rights,
+    /// and the webhook sees only these namespaces. Default: every namespace.
+    #[arg(long = "watch-namespace")]
+    watch_namespaces: Vec<String>,
+    /// A feature-flags value replacing its default (repeatable), e.g. `mode=pipelineruns`.
+    #[arg(long = "feature-flag", value_name = "KEY=VALUE", value_parser = manifests::parse_feature_flag)]
+    feature_flags: Vec<(String, String)>,
+    /// Tekton's namespace, where the add-on may read Tekton's feature-flags (empty: grant nothing).
+    #[arg(long, default_value = manifests::DEFAULT_TEKTON_NAMESPACE)]
+    tekton_namespace: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ManifestsCertMode {
+    /// The add-on keeps its own CA and the webhook's caBundle current.
+    SelfManaged,
+    /// cert-manager issues the certificate and injects the caBundle (cert-manager must be installed).
+    CertManager,
+}
+
+#[derive(clap::Args)]
 struct RunArgs {
     /// The add-on's own namespace: its feature-flags, webhook Secret and leader Lease live there.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "affinity-assistant")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = manifests::DEFAULT_NAMESPACE)]
     namespace: String,
     /// This replica's name: its leader-election identity and Event reporter instance.
     #[arg(long, env = "POD_NAME")]
@@ -78,19 +116,25 @@ struct RunArgs {
     #[arg(long, required_if_eq("cert_mode", "external"))]
     tls_key_file: Option<PathBuf>,
     /// Secret holding the self-managed CA and serving certificate.
-    #[arg(long, default_value = "affinity-assistant-webhook-tls")]
+    #[arg(long, default_value = manifests::TLS_SECRET)]
     tls_secret: String,
     /// The Service in front of the webhook (its DNS names go into the certificate).
-    #[arg(long, default_value = "affinity-assistant-webhook")]
+    #[arg(long, default_value = manifests::WEBHOOK_SERVICE)]
     service_name: String,
-    /// The MutatingWebhookConfiguration whose caBundle the leader keeps current.
-    #[arg(long, default_value = "affinity-assistant")]
-    webhook_configuration: String,
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps current (default
+    /// `affinity-assistant`, or `affinity-assistant-local` with --webhook-url).
+    #[arg(long)]
+    webhook_configuration: Option<String>,
+    /// Local mode, for an add-on running outside the cluster: register a webhook configuration
+    /// calling this URL (https://HOST:PORT/mutate/pods) with the add-on's own CA, and remove it
+    /// on a clean exit. HOST goes into the serving certificate.
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
     /// The leader-election Lease.
-    #[arg(long, default_value = "affinity-assistant-leader")]
+    #[arg(long, default_value = manifests::LEASE)]
     lease_name: String,
     /// The add-on's ConfigMap.
-    #[arg(long, default_value = "feature-flags")]
+    #[arg(long, default_value = manifests::CONFIG_MAP)]
     config_name: String,
     /// Seconds a node must be cordoned or drain-tainted before its placeholders move.
     #[arg(long, default_value_t = 60)]
@@ -98,6 +142,9 @@ struct RunArgs {
     /// Namespaces reconciled at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
+    /// Tekton's namespace, where its feature-flags (coschedule) are read; empty: never read.
+    #[arg(long, default_value = manifests::DEFAULT_TEKTON_NAMESPACE)]
+    tekton_namespace: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -154,6 +201,24 @@ fn run_render(args: RenderArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_manifests(args: ManifestsArgs) -> Result<()> {
+    let options = manifests::Options {
+        namespace: args.namespace,
+        image: args.image.unwrap_or_else(manifests::default_image),
+        replicas: args.replicas,
+        cert_mode: match args.cert_mode {
+            ManifestsCertMode::SelfManaged => manifests::CertMode::SelfManaged,
+            ManifestsCertMode::CertManager => manifests::CertMode::CertManager,
+        },
+        watch_namespaces: args.watch_namespaces,
+        feature_flags: args.feature_flags.into_iter().collect(),
+        tekton_namespace: Some(args.tekton_namespace).filter(|ns| !ns.is_empty()),
+    };
+    let objects = manifests::objects(&options)?;
+    print!("{}", manifests::to_yaml(&objects).context("writing YAML")?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -163,6 +228,7 @@ fn main() -> ExitCode {
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run::run(*args))),
         Command::Render(args) => run_render(args),
+        Command::Manifests(args) => run_manifests(args),
         Command::Version => {
             println!("affinity-assistant {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -28,6 +28,8 @@ pub const ANNOTATION_PINNED_TO: &str = "affinity-assistant.dev/pinned-to";
 pub const ANNOTATION_CLAIMS: &str = "affinity-assistant.dev/claims";
 /// On runs (or their Pipeline): `"false"` opts the run out.
 pub const ANNOTATION_ENABLED: &str = "affinity-assistant.dev/enabled";
+/// On namespaces (a label): `"false"` keeps the webhook out of the namespace entirely.
+pub const LABEL_NAMESPACE_ENABLED: &str = "affinity-assistant.dev/enabled";
 /// On runs (or their Pipeline): overrides the mode. On placeholders: the mode that created it.
 pub const ANNOTATION_MODE: &str = "affinity-assistant.dev/mode";
 /// On placeholders: comma-separated names of the runs it serves (owner references carry the uids).

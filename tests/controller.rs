@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use support::apiserver::{FakeApiServer, Fault, Verb};
+use support::world::*;
 use tokio::sync::watch as tokio_watch;
 use tokio_util::sync::CancellationToken;
 
@@ -77,31 +78,6 @@ async fn start(client: Client, leader: bool) -> Controller {
     Controller { caches, leader: leader_tx, stop, tasks }
 }
 
-async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn placeholders(server: &FakeApiServer, ns: &str) -> Vec<Value> {
-    server
-        .list("statefulsets", ns)
-        .into_iter()
-        .filter(|s| s["metadata"]["labels"][names::LABEL_APP_MANAGED_BY] == "affinity-assistant")
-        .collect()
-}
-
-fn claims_of(sts: &Value) -> BTreeSet<String> {
-    sts["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .map(|v| v.iter().filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str().map(String::from)).collect())
-        .unwrap_or_default()
-}
-
 fn owner_names(sts: &Value) -> BTreeSet<String> {
     sts["metadata"]["ownerReferences"]
         .as_array()
@@ -118,55 +94,6 @@ fn claim_sets(server: &FakeApiServer, ns: &str) -> Vec<BTreeSet<String>> {
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-async fn create_pvc(client: &Client, ns: &str, name: &str, mode: &str) {
-    let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let pvc = serde_json::from_value(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name}, "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "1Gi"}}}}))
-    .unwrap();
-    api.create(&PostParams::default(), &pvc).await.unwrap();
-}
-
-fn runs_api(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
-    let ar = kube::api::ApiResource {
-        group: "tekton.dev".into(),
-        version: "v1".into(),
-        api_version: "tekton.dev/v1".into(),
-        kind: "PipelineRun".into(),
-        plural: "pipelineruns".into(),
-    };
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-/// Creates a run the way Tekton leaves it once it starts: the object, then its status with
-/// the resolved pipeline spec (the status subresource, as a real API server requires).
-async fn create_run(client: &Client, ns: &str, name: &str, claims: &[&str], annotations: Value) -> String {
-    let workspaces: Vec<Value> = claims
-        .iter()
-        .enumerate()
-        .map(|(i, c)| json!({"name": format!("w{i}"), "persistentVolumeClaim": {"claimName": c}}))
-        .collect();
-    let task_ws: Vec<Value> = (0..claims.len()).map(|i| json!({"name": format!("w{i}")})).collect();
-    let api = runs_api(client, ns);
-    let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {"pipelineRef": {"name": "p"}, "workspaces": workspaces}
-    }))
-    .unwrap();
-    let created = api.create(&PostParams::default(), &obj).await.unwrap();
-    let status = json!({"status": {
-        "conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}],
-        "pipelineSpec": {"tasks": [{"name": "build", "taskRef": {"name": "t"}, "workspaces": task_ws}]}
-    }});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
-    created.metadata.uid.unwrap()
-}
-
-async fn finish_run(client: &Client, ns: &str, name: &str, outcome: &str) {
-    let status = json!({"status": {"conditions": [{"type": "Succeeded", "status": outcome, "reason": "Done"}]}});
-    runs_api(client, ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -371,21 +298,6 @@ async fn opt_out_mode_annotation_and_unresolved_runs() {
     c.stop().await;
 }
 
-fn node(name: &str, unschedulable: bool) -> Value {
-    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        "spec": {"unschedulable": unschedulable},
-        "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
-}
-
-/// Plays the StatefulSet controller and the scheduler: the placeholder's pod, bound to `node`.
-fn placeholder_pod(sts: &str, node: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("{sts}-0"), "namespace": NS,
-        "labels": {names::LABEL_APP_NAME: "affinity-assistant", names::LABEL_APP_COMPONENT: "placeholder",
-            names::LABEL_APP_MANAGED_BY: "affinity-assistant", names::LABEL_PLACEHOLDER: sts}},
-        "spec": {"containers": [{"name": "placeholder", "image": "pause"}], "nodeName": node},
-        "status": {"phase": "Running"}})
-}
-
 #[tokio::test]
 async fn a_cordoned_nodes_placeholder_moves_once_after_the_grace_period() {
     let server = FakeApiServer::new();
@@ -396,7 +308,7 @@ async fn a_cordoned_nodes_placeholder_moves_once_after_the_grace_period() {
     create_run(&client, NS, "r", &["src"], json!({})).await;
     eventually("placeholder", WAIT, || placeholders(&server, NS).len() == 1).await;
     let name = placeholders(&server, NS)[0]["metadata"]["name"].as_str().unwrap().to_string();
-    server.insert(placeholder_pod(&name, "n1"));
+    server.insert(placeholder_pod(NS, &name, "n1"));
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     nodes.patch("n1", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"unschedulable": true}}))).await.unwrap();
     let pod_name = format!("{name}-0");
@@ -409,7 +321,7 @@ async fn a_cordoned_nodes_placeholder_moves_once_after_the_grace_period() {
     assert_eq!(deletes(), 1);
     // The StatefulSet controller would recreate it; if it lands on the still-cordoned node
     // again, the next move waits for another grace period.
-    server.insert(placeholder_pod(&name, "n1"));
+    server.insert(placeholder_pod(NS, &name, "n1"));
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(deletes(), 1, "at most one move per grace period");
     let events = server.list("events", NS);
@@ -435,7 +347,7 @@ async fn a_placeholder_whose_volume_is_pinned_to_its_node_is_not_moved() {
     create_run(&client, NS, "r", &["local"], json!({})).await;
     eventually("placeholder", WAIT, || placeholders(&server, NS).len() == 1).await;
     let name = placeholders(&server, NS)[0]["metadata"]["name"].as_str().unwrap().to_string();
-    server.insert(placeholder_pod(&name, "n1"));
+    server.insert(placeholder_pod(NS, &name, "n1"));
     eventually("PlaceholderNotMoved event", WAIT, || {
         server.list("events", NS).iter().any(|e| e["reason"] == "PlaceholderNotMoved")
     })

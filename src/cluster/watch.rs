@@ -175,11 +175,12 @@ pub fn start(
 /// read Tekton's namespace: then the flag stays unknown and nothing stands down.
 pub fn watch_tekton_flags(
     client: Client,
+    tekton_namespace: &str,
     caches: Arc<Caches>,
     tx: Option<mpsc::UnboundedSender<Trigger>>,
 ) -> tokio::task::JoinHandle<()> {
+    let api = Api::<ConfigMap>::namespaced(client, tekton_namespace);
     tokio::spawn(async move {
-        let api = Api::<ConfigMap>::namespaced(client, "tekton-pipelines");
         let mut warned = false;
         loop {
             let value = match api.get_opt("feature-flags").await {

@@ -23,6 +23,9 @@ pub mod error;
 pub mod metrics;
 mod reconcile;
 
+/// The field manager of every write the add-on makes.
+pub use reconcile::FIELD_MANAGER;
+
 pub use error::Error;
 pub use metrics::ControllerMetrics;
 

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 pub const DRAIN_TAINTS: [&str; 3] =
     ["ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted", "node.kubernetes.io/out-of-service"];
 
-const FIELD_MANAGER: &str = "affinity-assistant";
+pub const FIELD_MANAGER: &str = "affinity-assistant";
 
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = ns.name_any();

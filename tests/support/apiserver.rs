@@ -97,6 +97,7 @@ const BUILTIN: &[(&str, &str, &str, &str, bool, bool)] = &[
         false,
     ),
     ("storage.k8s.io", "v1", "storageclasses", "StorageClass", false, false),
+    ("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", false, false),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
     ("tekton.dev", "v1", "pipelineruns", "PipelineRun", true, true),
     ("tekton.dev", "v1", "taskruns", "TaskRun", true, true),

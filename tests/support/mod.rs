@@ -1,2 +1,3 @@
 //! Shared test support for the integration tests.
 pub mod apiserver;
+pub mod world;
