@@ -186,6 +186,8 @@ pub fn rules(options: &Options) -> Vec<(Scope, Vec<Grant>)> {
     ];
     let mut cluster = vec![
         grant("", "nodes", &["list", "watch"]),
+        // Only namespaces labelled affinity-assistant.dev/enabled=false: no placeholders there.
+        grant("", "namespaces", &["list", "watch"]),
         // Before moving a placeholder: is its claim's volume pinned to the node?
         grant("", "persistentvolumes", &["get"]),
         // Before creating a placeholder with a configured priority class: does it exist?

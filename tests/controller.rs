@@ -299,6 +299,30 @@ async fn opt_out_mode_annotation_and_unresolved_runs() {
 }
 
 #[tokio::test]
+async fn a_namespace_labelled_opted_out_gets_no_new_placeholders_and_keeps_existing_ones() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    server.insert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
+    let c = start(client.clone(), true).await;
+    create_pvc(&client, NS, "a", "ReadWriteOnce").await;
+    create_pvc(&client, NS, "b", "ReadWriteOnce").await;
+    create_run(&client, NS, "before", &["a"], json!({})).await;
+    eventually("placeholder before the label", WAIT, || claim_sets(&server, NS) == vec![set(&["a"])]).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let label = json!({"metadata": {"labels": {names::LABEL_NAMESPACE_ENABLED: "false"}}});
+    namespaces.patch(NS, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+    eventually("the label seen", WAIT, || c.caches.opted_out.get("", NS).is_some()).await;
+    create_run(&client, NS, "after", &["b"], json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(claim_sets(&server, NS), vec![set(&["a"])], "no new placeholder; the existing one stays for its run");
+    // Label removed: back to normal.
+    let unlabel = json!({"metadata": {"labels": {names::LABEL_NAMESPACE_ENABLED: null}}});
+    namespaces.patch(NS, &PatchParams::default(), &Patch::Merge(&unlabel)).await.unwrap();
+    eventually("placeholder after the label is removed", WAIT, || claim_sets(&server, NS).len() == 2).await;
+    c.stop().await;
+}
+
+#[tokio::test]
 async fn a_cordoned_nodes_placeholder_moves_once_after_the_grace_period() {
     let server = FakeApiServer::new();
     let client = server.client();

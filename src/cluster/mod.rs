@@ -14,7 +14,7 @@ use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, PinnedPod, Run};
 use crate::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use store::{NsStore, trim_meta};
@@ -74,6 +74,8 @@ pub struct Caches {
     pub task_pods: NsStore<Pod>,
     pub nodes: NsStore<Node>,
     pub leases: NsStore<Lease>,
+    /// Namespaces labelled `affinity-assistant.dev/enabled: "false"` (only those are watched).
+    pub opted_out: NsStore<Namespace>,
     config: RwLock<Arc<Config>>,
     config_version: std::sync::atomic::AtomicU64,
     /// Tekton's `coschedule` flag, when it could be read.
@@ -91,6 +93,7 @@ impl Default for Caches {
             task_pods: NsStore::new(trim_pod),
             nodes: NsStore::new(trim_node),
             leases: NsStore::new(trim_meta),
+            opted_out: NsStore::new(trim_meta),
             config: RwLock::new(Arc::new(Config::default())),
             config_version: Default::default(),
             tekton_coschedule: RwLock::new(None),
@@ -139,6 +142,7 @@ impl Caches {
             self.placeholder_pods.ns_version(ns),
             self.task_pods.ns_version(ns),
             self.nodes.version(),
+            self.opted_out.version(),
             self.config_version.load(Ordering::Acquire),
         ]
         .iter()
@@ -178,7 +182,8 @@ impl Caches {
             })
             .collect();
         let pinned = self.task_pods.in_namespace(ns).iter().filter_map(|p| pinned_pod(p)).collect();
-        Inputs { namespace: ns.to_string(), runs, claims, placeholders, pinned }
+        let opted_out = self.opted_out.get("", ns).is_some();
+        Inputs { namespace: ns.to_string(), runs, claims, placeholders, pinned, opted_out }
     }
 
     /// The plan of a namespace, recomputed only when something it reads has changed.
@@ -211,10 +216,20 @@ pub struct Inputs {
     pub claims: BTreeMap<String, ClaimInfo>,
     pub placeholders: Vec<ExistingPlaceholder>,
     pub pinned: Vec<PinnedPod>,
+    /// The namespace is labelled `affinity-assistant.dev/enabled: "false"`: planned as with
+    /// `enabled: false` (no new placeholders; existing ones kept for the runs they serve).
+    pub opted_out: bool,
 }
 
 impl Inputs {
     pub fn plan(&self, config: &Config, missing: MissingClaims) -> Plan {
+        let disabled;
+        let config = if self.opted_out && config.enabled {
+            disabled = Config { enabled: false, ..config.clone() };
+            &disabled
+        } else {
+            config
+        };
         core::plan(&NamespaceState {
             namespace: &self.namespace,
             config,

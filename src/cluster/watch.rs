@@ -133,6 +133,26 @@ pub fn start(
         "nodes",
     ));
 
+    // Opted-out namespaces: only those carry the label, so only those are cached. A change
+    // concerns the namespace itself.
+    let c = caches.clone();
+    tasks.push(feed(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
+        WatcherConfig::default().labels(&format!("{}=false", crate::names::LABEL_NAMESPACE_ENABLED)),
+        move |e| {
+            let names: std::collections::BTreeSet<String> = match &e {
+                watcher::Event::Apply(n) | watcher::Event::Delete(n) | watcher::Event::InitApply(n) => {
+                    n.metadata.name.clone().into_iter().collect()
+                }
+                _ => Default::default(),
+            };
+            c.opted_out.apply(e);
+            names
+        },
+        tx.clone(),
+        "namespaces",
+    ));
+
     let c = caches.clone();
     tasks.push(feed(
         Api::<Lease>::namespaced(client.clone(), &options.own_namespace),
