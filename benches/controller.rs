@@ -7,7 +7,6 @@
 mod apiserver;
 
 use affinity_assistant::cluster::Caches;
-use affinity_assistant::cluster::store::{NsStore, trim_meta};
 use affinity_assistant::cluster::watch::{self, WatchOptions};
 use affinity_assistant::controller::{self, Context, ControllerMetrics, Options};
 use affinity_assistant::engine::tekton::PipelineRun;
@@ -78,7 +77,9 @@ fn expected_name(i: usize) -> String {
 }
 
 fn memory_per_run() {
-    let store: NsStore<PipelineRun> = NsStore::new(trim_meta);
+    // The runs store exactly as `run` builds it (with its trimming).
+    let caches = Caches::default();
+    let store = &caches.runs;
     let docs: Vec<Value> = (0..RUNS).map(|i| run_json(i, &format!("ns-{}", i % NAMESPACES))).collect();
     let json_bytes: usize = docs.iter().map(|d| d.to_string().len()).sum();
     let before = LIVE.load(Ordering::Relaxed);
@@ -144,7 +145,7 @@ async fn controller_figures() {
     let (stop, _caches) = start(server.client()).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let n = server.list("statefulsets", "").len();
+        let n = server.count("statefulsets", "");
         if n >= preload {
             break;
         }

@@ -65,6 +65,29 @@ pub fn trim_node(node: &mut Node) {
     }
 }
 
+/// Runs: the add-on reads only its own annotations (opt-out, mode), never labels, owners or
+/// finalizers; with thousands of active runs these are most of what a run would cost.
+pub fn trim_run(run: &mut PipelineRun) {
+    trim_meta(run);
+    let meta = &mut run.metadata;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(names::DOMAIN));
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    if let Some(status) = run.status.as_mut() {
+        status.conditions.retain(|c| c.type_ == "Succeeded");
+        for c in &mut status.conditions {
+            c.reason = String::new();
+        }
+    }
+}
+
 /// Everything the add-on watches.
 pub struct Caches {
     pub runs: NsStore<PipelineRun>,
@@ -86,7 +109,7 @@ pub struct Caches {
 impl Default for Caches {
     fn default() -> Self {
         Caches {
-            runs: NsStore::new(trim_meta),
+            runs: NsStore::new(trim_run),
             claims: NsStore::new(trim_meta),
             placeholders: NsStore::new(trim_meta),
             placeholder_pods: NsStore::new(trim_pod),
@@ -285,4 +308,36 @@ pub fn lease_fresh(lease: &Lease, now: i64) -> bool {
         return false;
     };
     !holder.is_empty() && renew.0.as_second() + i64::from(duration) > now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trimming_a_run_keeps_every_decision_input() {
+        let fixture = |phase: &str| {
+            json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+                "metadata": {"name": "r", "namespace": "ci", "uid": "u1", "creationTimestamp": "2026-11-23T00:00:00Z",
+                    "labels": {"tekton.dev/pipeline": "build"}, "finalizers": ["chains.tekton.dev"],
+                    "annotations": {names::ANNOTATION_MODE: "pipelineruns", "team": "a",
+                        "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+                "spec": {"pipelineRef": {"name": "build"},
+                    "workspaces": [{"name": "src", "persistentVolumeClaim": {"claimName": "c"}}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "x"},
+                        {"type": "Succeeded", "status": phase, "reason": "Running"}],
+                    "pipelineSpec": {"tasks": [{"name": "t", "workspaces": [{"name": "src"}]}]}}})
+        };
+        for phase in ["Unknown", "True", "False"] {
+            let original: PipelineRun = serde_json::from_value(fixture(phase)).unwrap();
+            let mut trimmed = original.clone();
+            trim_run(&mut trimmed);
+            let mut want = original.to_run().unwrap();
+            want.annotations.retain(|k, _| k.starts_with(names::DOMAIN));
+            assert_eq!(trimmed.to_run().unwrap(), want, "phase {phase}");
+            assert_eq!(want.annotations.len(), 1, "the add-on's own annotation is kept");
+            assert!(trimmed.metadata.labels.is_none() && trimmed.metadata.finalizers.is_none());
+        }
+    }
 }

@@ -13,8 +13,10 @@
 //!
 //! kube-runtime's [`applier`](kube::runtime::controller::applier) does the queueing
 //! (deduplication, debounce, bounded concurrency, no concurrent reconcile of one namespace,
-//! requeue); its primary objects are synthetic `Namespace` objects made from the trigger keys,
-//! so no Namespace watch (nor the right to list namespaces) is needed.
+//! requeue); its primary objects are synthetic `Namespace` objects made from the trigger keys
+//! (the real Namespace watch only caches opted-out namespaces). The debounce is short: a run,
+//! its claims and its placeholder's own events arrive within a few milliseconds, and a longer
+//! one would add straight to the time a new run waits for its placeholder.
 //!
 //! Only the leader reconciles ([`kube_lease_manager`]); every write first checks that it still
 //! is, so losing the lease stops the writes at once.
@@ -176,6 +178,9 @@ fn namespace_object(name: &str) -> Namespace {
     Namespace { metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() }, ..Default::default() }
 }
 
+/// How long a namespace's triggers are gathered before its reconcile starts.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
 /// The delay after `failures` consecutive failed reconciles of a namespace: 2 s doubling,
 /// at most 5 minutes (no hot loops, and a namespace that recovers is retried soon).
 fn backoff_delay(failures: u32) -> Duration {
@@ -241,7 +246,7 @@ pub async fn run(
         }
     });
 
-    let config = controller::Config::default().concurrency(ctx.options.concurrency).debounce(Duration::from_millis(50));
+    let config = controller::Config::default().concurrency(ctx.options.concurrency).debounce(DEBOUNCE);
     let queue = futures::stream::poll_fn({
         let mut rx = queue_rx;
         move |cx| rx.poll_recv(cx)

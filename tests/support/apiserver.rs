@@ -458,6 +458,14 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// How many objects [`FakeApiServer::list`] would return, without copying them (for
+    /// polling loops that must not load the server they measure).
+    pub fn count(&self, resource: &str, ns: &str) -> usize {
+        let st = lock(&self.state);
+        let infos = st.resolve_all(resource);
+        st.objects.keys().filter(|k| infos.iter().any(|i| same_resource(k, i)) && (ns.is_empty() || k.ns == ns)).count()
+    }
+
     /// The stored object deserialized as `K`.
     pub fn get_as<K>(&self, ns: &str, name: &str) -> Option<K>
     where
@@ -1535,7 +1543,10 @@ impl Watch {
             return;
         }
         let mut events = Vec::new();
-        for e in st.history.iter().filter(|e| e.rv > self.cursor) {
+        // History is in resourceVersion order: start at the cursor instead of scanning it all
+        // (every watch wakes on every write; a scan made a busy server quadratic).
+        let from = st.history.partition_point(|e| e.rv <= self.cursor);
+        for e in st.history.range(from..) {
             let same = same_resource(&e.key, &self.info) && self.ns.as_ref().is_none_or(|ns| *ns == e.key.ns);
             if !same {
                 continue;
