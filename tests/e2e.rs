@@ -28,7 +28,10 @@
 //!
 //! or directly `E2E_KUBECONFIG=... cargo test --test e2e -- --ignored --test-threads=1`.
 //! Plain `cargo test` compiles the suite, runs its unit tests and reports the cluster tests as
-//! ignored; `cluster_connection_or_skip` says why. `docs/e2e.md` lists every setting, the kind
+//! ignored; `cluster_connection_or_skip` says why. It also runs the same scenario bodies
+//! offline (`e2e/offline.rs`): against the in-memory API server of `tests/support`, with the
+//! add-on's real controller and webhook logic, which checks the suite's own logic but not
+//! scheduling. `docs/e2e.md` lists every setting, the kind
 //! recipe with real Tekton, and what each test proves.
 //!
 //! # Hygiene
@@ -40,10 +43,14 @@
 //! the cluster exclusively, so any `--test-threads` is safe.
 
 // The crate root of a test target looks for modules beside it; these live in tests/e2e/.
+#[path = "support/apiserver.rs"]
+mod apiserver;
 #[path = "e2e/cluster.rs"]
 mod cluster;
 #[path = "e2e/env.rs"]
 mod env;
+#[path = "e2e/offline.rs"]
+mod offline;
 #[path = "e2e/storage.rs"]
 mod storage;
 #[path = "e2e/tekton.rs"]
@@ -149,7 +156,8 @@ async fn cleanup_leftovers() {
     }
 }
 
-// The cluster tests: each one runs a scenario body below against `E2E_KUBECONFIG`.
+// The cluster tests: each one runs a scenario body below against `E2E_KUBECONFIG`. The same
+// bodies also run without a cluster in `offline.rs`, against the in-memory API server.
 
 #[tokio::test]
 #[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]

@@ -261,6 +261,22 @@ impl Env {
         })
     }
 
+    /// An Env on a client the caller built, for the suite's self-test against the in-memory
+    /// API server: no CRDs to install, no preflight, no kubelet stand-in (that server deletes
+    /// pods at once).
+    pub fn offline(scenario: &str, client: Client, settings: Settings, tekton: crate::tekton::Mode) -> Env {
+        Env {
+            client,
+            settings,
+            tekton,
+            scenario: scenario.to_string(),
+            suffix: unique_suffix(),
+            namespaces: Arc::new(Mutex::new(Vec::new())),
+            cordoned: Mutex::new(Vec::new()),
+            stand_in: Mutex::new(None),
+        }
+    }
+
     pub fn namespaces(&self) -> Vec<String> {
         self.namespaces.lock().map(|n| n.clone()).unwrap_or_default()
     }
