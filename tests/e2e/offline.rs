@@ -1,0 +1,408 @@
+//! The suite without a cluster: the scenario bodies of `e2e.rs`, the fake Tekton and every
+//! helper, run against the in-memory API server of `tests/support/apiserver.rs`, with the
+//! add-on's real controller and its real webhook review logic as the pod admission step.
+//!
+//! That server models objects, status subresources, selectors, watches and garbage
+//! collection, not controllers or scheduling. Stand-ins play those parts here, and only as
+//! far as these tests need: kube-controller-manager's ServiceAccount and StatefulSet
+//! controllers, and a scheduler that knows cordons, taints, one required pod-affinity term
+//! (matched by labels in the pod's namespace, on the hostname) and spreading placeholders.
+//! So these runs prove that the suite's own logic holds together and agrees with the add-on
+//! (which objects the fake Tekton makes, what the webhook does to them, what the controller
+//! does in answer, what the assertions read); only a real cluster proves the scheduling.
+
+use crate::apiserver::{FakeApiServer, ResponseBody};
+use crate::cluster::{is_schedulable, node_of, required_terms};
+use crate::env::{Env, Settings, drive};
+use crate::tekton::Mode;
+use affinity_assistant::cluster::Caches;
+use affinity_assistant::cluster::watch::{self, WatchOptions};
+use affinity_assistant::controller::{self, Context, ControllerMetrics, Options};
+use affinity_assistant::decider::CacheDecider;
+use affinity_assistant::names;
+use affinity_assistant::webhook::review::{ReviewOptions, handle_review};
+use base64::Engine as _;
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use hyper::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const OWN_NAMESPACE: &str = "affinity-assistant";
+const LEASE: &str = "affinity-assistant-leader";
+pub const NODES: [&str; 2] = ["node-1", "node-2"];
+
+/// The API server plus the add-on and the stand-ins, running until dropped.
+struct Offline {
+    client: Client,
+    /// Leadership, held for as long as the harness runs: the controller stops when it closes.
+    _leader: tokio::sync::watch::Sender<bool>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Offline {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Runs a scenario body of `e2e.rs` offline, with fake Tekton. Bounds are short: nothing here
+/// waits on real machines.
+pub async fn run<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(Arc<Env>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let offline = start().await;
+    let vars = [("E2E_KUBECONFIG", "(in-memory)"), ("E2E_TIMEOUT", "20"), ("E2E_MOVE_TIMEOUT", "20")];
+    let settings = Settings::from_lookup(|k| vars.iter().find(|(v, _)| *v == k).map(|(_, x)| x.to_string()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("{name}: offline settings"));
+    crate::cluster::preflight(&offline.client, &settings, Mode::Fake)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: preflight against the in-memory cluster: {e:#}"));
+    let env = Env::offline(name, offline.client.clone(), settings, Mode::Fake);
+    drive(name, Arc::new(env), body).await;
+}
+
+fn options() -> Options {
+    Options {
+        // The add-on's --move-grace-seconds, shortened: the cordon scenario waits for it.
+        grace_period: Duration::from_millis(300),
+        not_ready_after: Duration::from_secs(300),
+        pending_after: Duration::from_secs(120),
+        concurrency: 4,
+        resync: Duration::from_millis(500),
+    }
+}
+
+fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {names::TOPOLOGY_HOSTNAME: name}},
+        "spec": {},
+        "status": {"conditions": [{"type": "Ready", "status": "True",
+            "lastTransitionTime": "2026-01-01T00:00:00Z", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}],
+            "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}}})
+}
+
+async fn start() -> Offline {
+    // The add-on's logs, with RUST_LOG=affinity_assistant=debug and --nocapture.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let server = FakeApiServer::new();
+    for n in NODES {
+        server.insert(node(n));
+    }
+    // A fresh leader Lease: the webhook pins only while a controller holds one.
+    let lease = k8s_openapi::api::coordination::v1::Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(LEASE.into()),
+            namespace: Some(OWN_NAMESPACE.into()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("offline".into()),
+            lease_duration_seconds: Some(3600),
+            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            )),
+            ..Default::default()
+        }),
+    };
+    server.insert(
+        serde_json::to_value(&lease)
+            .map(|mut v| {
+                v["apiVersion"] = json!("coordination.k8s.io/v1");
+                v["kind"] = json!("Lease");
+                v
+            })
+            .unwrap_or_default(),
+    );
+    // What the preflight looks for; admission itself is the wrapper below.
+    server.insert(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "affinity-assistant"},
+        "webhooks": [{"name": "pods.affinity-assistant.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "clientConfig": {"url": "https://offline/mutate/pods"},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "objectSelector": {"matchExpressions": [{"key": affinity_assistant::engine::tekton::LABEL_PIPELINE_RUN,
+                "operator": "Exists"}]}}]}));
+    let plain = server.client();
+    let caches = Arc::new(Caches::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry);
+    let recorder = kube::runtime::events::Recorder::new(
+        plain.clone(),
+        kube::runtime::events::Reporter { controller: "affinity-assistant".into(), instance: Some("offline".into()) },
+    );
+    let reporter = controller::config_reporter(recorder, metrics.clone());
+    let watch_options = WatchOptions {
+        namespaces: vec![],
+        own_namespace: OWN_NAMESPACE.into(),
+        config_name: "feature-flags".into(),
+        lease_name: LEASE.into(),
+    };
+    let (triggers, mut tasks) = watch::start(plain.clone(), caches.clone(), &watch_options, reporter);
+    let (leader, leader_rx) = tokio::sync::watch::channel(true);
+    let ctx = Context::new(plain.clone(), caches.clone(), metrics, leader_rx, options(), Some("offline".into()));
+    let stop = CancellationToken::new();
+    tasks.push(tokio::spawn(controller::run(ctx, triggers, stop.clone().cancelled_owned())));
+    tasks.push(tokio::spawn(control_plane(plain.clone())));
+    let decider = CacheDecider {
+        caches,
+        client: Some(plain),
+        own_namespace: OWN_NAMESPACE.into(),
+        lease_name: LEASE.into(),
+        lookup_timeout: Duration::from_secs(2),
+    };
+    let client = Client::new(Admitting { server, decider: Arc::new(decider) }, "default");
+    Offline { client, _leader: leader, stop, tasks }
+}
+
+/// The in-memory API server with the add-on's webhook in front of pod creation, as a real
+/// API server calls it: only for pods the webhook configuration's objectSelector selects,
+/// applying the JSONPatch of the AdmissionReview response.
+#[derive(Clone)]
+struct Admitting {
+    server: FakeApiServer,
+    decider: Arc<CacheDecider>,
+}
+
+impl tower::Service<Request<kube::client::Body>> for Admitting {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<kube::client::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let req = this.admit(req).await;
+            let mut server = this.server.clone();
+            tower::Service::call(&mut server, req).await
+        })
+    }
+}
+
+/// The namespace of a pod create request (`POST /api/v1/namespaces/{ns}/pods`).
+pub fn pod_create_namespace(method: &Method, path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, tail) = rest.split_once('/')?;
+    (method == Method::POST && tail == "pods").then(|| ns.to_string())
+}
+
+impl Admitting {
+    async fn admit(&self, req: Request<kube::client::Body>) -> Request<kube::client::Body> {
+        let Some(ns) = pod_create_namespace(req.method(), req.uri().path()) else { return req };
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+        let out = self.mutate(&ns, &bytes).await.unwrap_or(bytes);
+        Request::from_parts(parts, kube::client::Body::from(out))
+    }
+
+    /// The pod after the webhook, or `None` when the webhook is not called or changes nothing.
+    async fn mutate(&self, ns: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut pod: Value = serde_json::from_slice(bytes).ok()?;
+        pod["metadata"]["labels"].get(affinity_assistant::engine::tekton::LABEL_PIPELINE_RUN)?;
+        let review = json!({
+            "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+            "request": {
+                "uid": "offline", "operation": "CREATE", "namespace": ns, "name": pod["metadata"]["name"],
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "object": pod,
+            }
+        });
+        let admission =
+            handle_review(&serde_json::to_vec(&review).ok()?, &*self.decider, ReviewOptions::default()).await;
+        let response: Value = serde_json::from_slice(&admission.body).ok()?;
+        for w in response["response"]["warnings"].as_array().into_iter().flatten() {
+            eprintln!("webhook warning for {ns}/{}: {w}", pod["metadata"]["name"]);
+        }
+        let patch = base64::engine::general_purpose::STANDARD.decode(response["response"]["patch"].as_str()?).ok()?;
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).ok()?;
+        json_patch::patch(&mut pod, &patch).ok()?;
+        serde_json::to_vec(&pod).ok()
+    }
+}
+
+/// The stand-ins for kube-controller-manager and kube-scheduler, every 50 ms.
+async fn control_plane(client: Client) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(e) = control_plane_tick(&client).await {
+            eprintln!("offline control plane: {e:#}");
+        }
+    }
+}
+
+async fn control_plane_tick(client: &Client) -> anyhow::Result<()> {
+    // The ServiceAccount controller: every namespace gets `default`.
+    for ns in Api::<Namespace>::all(client.clone()).list(&ListParams::default()).await? {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name_any());
+        if sas.get_opt("default").await?.is_none() {
+            let sa = ServiceAccount {
+                metadata: kube::api::ObjectMeta { name: Some("default".into()), ..Default::default() },
+                ..Default::default()
+            };
+            sas.create(&PostParams::default(), &sa).await?;
+        }
+    }
+    // The StatefulSet controller, for one replica: pod `<name>-0` from the template, once
+    // any previous pod of that name is gone.
+    for sts in Api::<StatefulSet>::all(client.clone()).list(&ListParams::default()).await? {
+        let ns = sts.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pod_name = format!("{}-0", sts.name_any());
+        if sts.metadata.deletion_timestamp.is_some() || pods.get_opt(&pod_name).await?.is_some() {
+            continue;
+        }
+        let template = sts.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+        let meta = template.metadata.unwrap_or_default();
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "labels": meta.labels, "annotations": meta.annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts.name_any(),
+                    "uid": sts.uid(), "controller": true, "blockOwnerDeletion": true}]},
+            "spec": template.spec,
+        });
+        pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await?;
+    }
+    // The scheduler.
+    let all: Vec<Pod> = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let mut nodes: Vec<String> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .iter()
+        .filter(|n| is_schedulable(n))
+        .map(|n| n.name_any())
+        .collect();
+    nodes.sort();
+    for pod in all.iter().filter(|p| node_of(p).is_none() && p.metadata.deletion_timestamp.is_none()) {
+        if let Some(node) = choose_node(pod, &all, &nodes) {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+            let bind = json!({"spec": {"nodeName": node}});
+            pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&bind)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the stand-in scheduler binds a pod, if anywhere: with a required pod-affinity term,
+/// the node of a live bound pod in its namespace that the term's labels select (no such pod,
+/// or its node not schedulable: the pod waits, as with kube-scheduler); a placeholder goes
+/// to the schedulable node with the fewest placeholders; anything else to the first node.
+pub fn choose_node(pod: &Pod, pods: &[Pod], nodes: &[String]) -> Option<String> {
+    let live_node = |p: &Pod| node_of(p).filter(|_| p.metadata.deletion_timestamp.is_none()).map(String::from);
+    if let Some(term) = required_terms(pod).first() {
+        let wanted = term.label_selector.as_ref().and_then(|s| s.match_labels.clone()).unwrap_or_default();
+        return pods
+            .iter()
+            .filter(|p| p.namespace() == pod.namespace())
+            .filter(|p| wanted.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+            .find_map(live_node)
+            .filter(|n| nodes.contains(n));
+    }
+    let is_placeholder =
+        |p: &Pod| p.labels().get(names::LABEL_APP_COMPONENT).map(String::as_str) == Some(names::COMPONENT_PLACEHOLDER);
+    if is_placeholder(pod) {
+        let load = |n: &String| pods.iter().filter(|p| is_placeholder(p) && live_node(p).as_ref() == Some(n)).count();
+        return nodes.iter().min_by_key(|n| load(n)).cloned();
+    }
+    nodes.first().cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, labels: Value, node: Option<&str>, terms: Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": ns, "labels": labels},
+            "spec": {"containers": [], "nodeName": node,
+                "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": terms}}}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_stand_in_scheduler_follows_the_term_and_spreads_placeholders() {
+        let nodes: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
+        let placeholder = |node: Option<&str>| {
+            pod(
+                "a",
+                json!({names::LABEL_APP_COMPONENT: names::COMPONENT_PLACEHOLDER, names::LABEL_PLACEHOLDER: "aa-x"}),
+                node,
+                json!([]),
+            )
+        };
+        let bound = [placeholder(Some("node-2"))];
+        let term = json!([{"labelSelector": {"matchLabels": {names::LABEL_PLACEHOLDER: "aa-x"}}, "topologyKey": names::TOPOLOGY_HOSTNAME}]);
+        assert_eq!(choose_node(&pod("a", json!({}), None, term.clone()), &bound, &nodes).as_deref(), Some("node-2"));
+        assert_eq!(choose_node(&pod("b", json!({}), None, term.clone()), &bound, &nodes), None, "other namespace");
+        assert_eq!(choose_node(&pod("a", json!({}), None, term), &bound, &nodes[..1]), None, "its node is cordoned");
+        assert_eq!(choose_node(&placeholder(None), &bound, &nodes).as_deref(), Some("node-1"));
+        assert_eq!(choose_node(&pod("a", json!({}), None, json!([])), &bound, &nodes).as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn only_pod_creates_are_admitted() {
+        assert_eq!(pod_create_namespace(&Method::POST, "/api/v1/namespaces/ci/pods").as_deref(), Some("ci"));
+        assert_eq!(pod_create_namespace(&Method::PATCH, "/api/v1/namespaces/ci/pods"), None);
+        assert_eq!(pod_create_namespace(&Method::POST, "/api/v1/namespaces/ci/pods/p/eviction"), None);
+        assert_eq!(pod_create_namespace(&Method::POST, "/api/v1/namespaces/ci/persistentvolumeclaims"), None);
+    }
+
+    // The scenario bodies of e2e.rs, offline.
+
+    #[tokio::test]
+    async fn offline_shared_claim() {
+        run("shared-claim", crate::shared_claim).await;
+    }
+
+    #[tokio::test]
+    async fn offline_spread() {
+        run("spread", crate::spread).await;
+    }
+
+    #[tokio::test]
+    async fn offline_left_alone() {
+        run("left-alone", crate::left_alone).await;
+    }
+
+    #[tokio::test]
+    async fn offline_run_ends() {
+        run("run-ends", crate::run_ends).await;
+    }
+
+    #[tokio::test]
+    async fn offline_cordon() {
+        run("cordon", crate::cordon).await;
+    }
+
+    #[tokio::test]
+    async fn offline_restricted() {
+        run("restricted", crate::restricted).await;
+    }
+
+    #[tokio::test]
+    async fn offline_recreate() {
+        run("recreate", crate::recreate).await;
+    }
+}
