@@ -103,8 +103,8 @@ cargo build --bin affinity-assistant
 
 log="$(mktemp "${TMPDIR:-/tmp}/affinity-assistant-e2e.XXXXXX")"
 echo "== starting the add-on: webhook https://$host:$port/mutate/pods, log $log"
-# `cargo run` execs the binary on Unix, so $! is the add-on itself and gets the SIGTERM.
-KUBECONFIG="$E2E_KUBECONFIG" cargo run --quiet --bin affinity-assistant -- run \
+# The binary itself, not `cargo run`, so that $! is the add-on and gets the SIGTERM.
+KUBECONFIG="$E2E_KUBECONFIG" "${CARGO_TARGET_DIR:-target}/debug/affinity-assistant" run \
   --webhook-url "https://$host:$port/mutate/pods" \
   --namespace "$namespace" \
   --webhook-port "$port" \
