@@ -457,3 +457,47 @@ async fn an_upgrade_adopts_the_placeholders_an_earlier_release_created() {
     assert!(patch.contains(&name), "pinned to the earlier placeholder: {patch}");
     running.shutdown().await;
 }
+
+/// The Deployment's arguments are flags the binary knows (clap rejects an unknown flag before it
+/// reaches a trailing `--help`), in every install variant.
+#[test]
+fn the_deployment_args_are_accepted_by_the_binary() {
+    let variants = [
+        Options::default(),
+        Options { cert_mode: CertMode::CertManager, ..Options::default() },
+        Options { watch_namespaces: vec!["ci".into()], tekton_namespace: None, ..Options::default() },
+    ];
+    for o in variants {
+        let objects = manifests::objects(&o).unwrap();
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let args: Vec<String> =
+            serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_affinity-assistant"))
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // And the manifests command itself, with options, prints parseable YAML; bad options fail.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_affinity-assistant"))
+        .args([
+            "manifests",
+            "--cert-mode",
+            "cert-manager",
+            "--watch-namespace",
+            "ci",
+            "--feature-flag",
+            "mode=pipelineruns",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(documents(&String::from_utf8(out.stdout).unwrap()).iter().any(|o| o["kind"] == "Certificate"));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_affinity-assistant"))
+        .args(["manifests", "--feature-flag", "mode=sometimes"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("mode"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
