@@ -157,25 +157,78 @@ fn task_claim_refs(run: &Run) -> Vec<(&str, BTreeSet<&str>)> {
 /// `workspaces`: claims one task uses together share a group (transitively); claims no task
 /// uses get none. Per-run modes: one group with every managed claim, even an empty one.
 pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTreeSet<String>> {
+    let managed: Vec<&str> = managed.iter().map(String::as_str).collect();
+    group_claims(run, &managed, mode).into_iter().map(|g| g.into_iter().map(String::from).collect()).collect()
+}
+
+/// [`run_groups`] on borrowed names, for the plan: `managed` sorted and each once, as a
+/// `BTreeSet` iterates; each group sorted too, and the groups in `BTreeSet` order.
+pub(crate) fn group_claims<'m>(run: &Run, managed: &[&'m str], mode: Mode) -> Vec<Vec<&'m str>> {
     if mode.per_run() {
-        return vec![managed.clone()];
+        return vec![managed.to_vec()];
     }
-    let mut groups: Vec<BTreeSet<&str>> = Vec::new();
-    for (_, used) in task_claim_refs(run) {
-        let used: BTreeSet<&str> = used.into_iter().filter(|c| managed.contains(*c)).collect();
-        if used.is_empty() {
-            continue;
+    // Union-find over indices into `managed`, each root the smallest index of its group.
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
         }
-        let (touching, mut rest): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| !g.is_disjoint(&used));
-        let merged = touching.into_iter().fold(used, |mut acc, g| {
-            acc.extend(g);
-            acc
-        });
-        rest.push(merged);
-        groups = rest;
+        i
     }
-    let mut out: Vec<BTreeSet<String>> =
-        groups.into_iter().map(|g| g.into_iter().map(String::from).collect()).collect();
-    out.sort();
-    out
+    let mut parent: Vec<usize> = (0..managed.len()).collect();
+    let mut used = vec![false; managed.len()];
+    for task in &run.tasks {
+        let mut first = None;
+        for_each_task_claim(run, task.workspaces.as_deref(), |c| {
+            let Ok(i) = managed.binary_search(&c) else { return };
+            used[i] = true;
+            let Some(f) = first else {
+                first = Some(i);
+                return;
+            };
+            let (a, b) = (root(&mut parent, f), root(&mut parent, i));
+            parent[a.max(b)] = a.min(b);
+        });
+    }
+    // Walking the claims in order opens each group at its smallest claim, so groups come out
+    // sorted by their first claim: for disjoint sorted groups, the `BTreeSet` order.
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    let mut group_at = vec![usize::MAX; managed.len()];
+    for i in (0..managed.len()).filter(|&i| used[i]) {
+        let r = root(&mut parent, i);
+        if group_at[r] == usize::MAX {
+            group_at[r] = groups.len();
+            groups.push(Vec::new());
+        }
+        groups[group_at[r]].push(managed[i]);
+    }
+    debug_assert!(groups.is_sorted());
+    groups
+}
+
+/// Calls `f` with each claim a task mounts (a claim bound to two workspaces may come twice):
+/// the claims of the run workspaces it names, or of every workspace when `workspaces` is
+/// unreadable (`None`). A workspace bound twice counts with its last claim binding, as in
+/// [`task_claims`].
+fn for_each_task_claim<'r>(run: &'r Run, workspaces: Option<&[String]>, mut f: impl FnMut(&'r str)) {
+    let bound_last = |i: usize, b: &crate::model::Binding| {
+        run.bindings[i + 1..].iter().all(|later| later.workspace != b.workspace || later.source.claim().is_none())
+    };
+    match workspaces {
+        Some(ws) => {
+            for w in ws {
+                if let Some(c) = run.bindings.iter().rev().filter(|b| b.workspace == *w).find_map(|b| b.source.claim())
+                {
+                    f(c);
+                }
+            }
+        }
+        None => {
+            for (i, b) in run.bindings.iter().enumerate() {
+                if let Some(c) = b.source.claim().filter(|_| bound_last(i, b)) {
+                    f(c);
+                }
+            }
+        }
+    }
 }
