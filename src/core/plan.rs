@@ -10,9 +10,10 @@
 use super::claims::{self, IgnoredBinding, ManagedClaim, MissingClaims};
 use super::placeholder::{self, Owner, PlaceholderParts};
 use crate::config::{AntiAffinity, Config, Mode, parse_bool};
-use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, PinnedPod, Run, RunPhase, Scheduling};
+use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, OwnerRun, PinnedPod, Run, RunPhase, Scheduling};
 use crate::names::{self, NameSeed};
 use k8s_openapi::api::apps::v1::StatefulSet;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -161,46 +162,93 @@ impl Plan {
     }
 }
 
-/// A placeholder while the plan is being built.
-struct Slot {
-    name: String,
-    claims: BTreeSet<String>,
+/// A placeholder while the plan is being built. It borrows what it can from the state: the
+/// plan copies names only into its output.
+struct Slot<'a> {
+    name: Cow<'a, str>,
+    claims: SlotClaims<'a>,
     mode: Mode,
     existing: bool,
-    /// Run uids in its owner references, and runs whose pinned pods need it: these runs keep
+    /// Its owner references and the run uids of pinned pods that need it: these runs keep
     /// using it while the add-on is disabled.
-    prior_owners: BTreeSet<String>,
-    /// Recorded modes of the runs it served, by uid.
-    prior_modes: BTreeMap<String, Mode>,
-    users: BTreeSet<usize>,
+    owner_refs: &'a [OwnerRun],
+    pinned_runs: Vec<&'a str>,
+    /// Recorded modes of the runs it served, by uid (an existing placeholder's annotation).
+    prior_modes: Option<&'a BTreeMap<String, Mode>>,
+    /// Modes of the runs planned onto it, in planning order; they override `prior_modes`.
+    modes: Vec<(&'a str, Mode)>,
+    /// Indices of the runs that use it, ascending.
+    users: Vec<usize>,
     pinned_pods: Vec<String>,
     node: Option<Arc<NodeInfo>>,
-    node_selector: BTreeMap<String, String>,
+    node_selector: Cow<'a, BTreeMap<String, String>>,
     /// For new slots: the run whose scheduling it takes.
     creator: Option<usize>,
 }
 
+/// A slot's claims: a set from the state, or the names (sorted, each once) a new placeholder
+/// takes from its run's bindings.
+enum SlotClaims<'a> {
+    Set(&'a BTreeSet<String>),
+    New(Vec<&'a str>),
+}
+
+impl<'a> SlotClaims<'a> {
+    fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let (set, new) = match self {
+            SlotClaims::Set(set) => (Some(set.iter().map(String::as_str)), None),
+            SlotClaims::New(names) => (None, Some(names.iter().copied())),
+        };
+        set.into_iter().flatten().chain(new.into_iter().flatten())
+    }
+
+    fn into_set(self) -> BTreeSet<String> {
+        match self {
+            SlotClaims::Set(set) => set.clone(),
+            SlotClaims::New(names) => names.into_iter().map(String::from).collect(),
+        }
+    }
+}
+
+impl<'a> Slot<'a> {
+    /// The mode recorded for the run with `uid`: the last one planned, else the annotation's.
+    fn mode_of(&self, uid: &str) -> Option<Mode> {
+        match self.modes.iter().rev().find(|(u, _)| *u == uid) {
+            Some(&(_, mode)) => Some(mode),
+            None => self.prior_modes.and_then(|m| m.get(uid)).copied(),
+        }
+    }
+}
+
+/// Adds `i` to a sorted list of indices, once.
+fn insert_sorted(list: &mut Vec<usize>, i: usize) {
+    if let Err(at) = list.binary_search(&i) {
+        list.insert(at, i);
+    }
+}
+
 struct Builder<'a> {
     state: &'a NamespaceState<'a>,
-    slots: Vec<Slot>,
-    by_name: HashMap<String, usize>,
-    holder: BTreeMap<String, usize>,
+    slots: Vec<Slot<'a>>,
+    by_name: HashMap<Cow<'a, str>, usize>,
+    holder: HashMap<&'a str, usize>,
     conflicts: Vec<Conflict>,
     warnings: Vec<String>,
     /// Run uid -> placeholders that run owned before this plan (owner references, or pinned
-    /// pods' demand). Built once before runs are planned, so planning stays linear in runs.
-    owned_by: HashMap<String, BTreeSet<usize>>,
+    /// pods' demand), ascending. Built once before runs are planned, so planning stays linear
+    /// in runs; only while the add-on is disabled, the one time it is read.
+    owned_by: HashMap<&'a str, Vec<usize>>,
     /// Run uid -> the mode recorded for it on an existing placeholder.
-    recorded_modes: HashMap<String, Mode>,
+    recorded_modes: HashMap<&'a str, Mode>,
 }
 
 /// The plan for one namespace.
 pub fn plan(state: &NamespaceState<'_>) -> Plan {
     let mut b = Builder {
         state,
-        slots: Vec::new(),
-        by_name: HashMap::new(),
-        holder: BTreeMap::new(),
+        slots: Vec::with_capacity(state.placeholders.len() + state.runs.len()),
+        by_name: HashMap::with_capacity(state.placeholders.len() + state.runs.len()),
+        holder: HashMap::with_capacity(state.claims.len()),
         conflicts: Vec::new(),
         warnings: Vec::new(),
         owned_by: HashMap::new(),
@@ -212,11 +260,14 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
         b.add_existing(e);
     }
 
-    let mut order: Vec<usize> = (0..state.runs.len()).collect();
-    order.sort_by(|&a, &c| {
-        let (a, c) = (&state.runs[a], &state.runs[c]);
-        (a.created.is_none(), &a.created, &a.name, &a.uid).cmp(&(c.created.is_none(), &c.created, &c.name, &c.uid))
-    });
+    // Oldest first; the index last makes the unstable sort as deterministic as a stable one.
+    let mut order: Vec<(bool, Option<&str>, &str, &str, usize)> = state
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.created.is_none(), r.created.as_deref(), r.name.as_str(), r.uid.as_str(), i))
+        .collect();
+    order.sort_unstable();
 
     let mut pinned: Vec<&PinnedPod> = state.pinned_pods.iter().collect();
     pinned.sort_by(|a, c| (&a.placeholder, &a.name).cmp(&(&c.placeholder, &c.name)));
@@ -224,23 +275,28 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
         b.add_pinned_demand(p);
     }
     for (i, slot) in b.slots.iter().enumerate() {
-        for uid in &slot.prior_owners {
-            b.owned_by.entry(uid.clone()).or_default().insert(i);
+        if !state.config.enabled {
+            for uid in slot.owner_refs.iter().map(|o| o.uid.as_str()).chain(slot.pinned_runs.iter().copied()) {
+                let owned = b.owned_by.entry(uid).or_default();
+                if owned.last() != Some(&i) {
+                    owned.push(i);
+                }
+            }
         }
-        for (uid, mode) in &slot.prior_modes {
-            b.recorded_modes.entry(uid.clone()).or_insert(*mode);
+        for (uid, mode) in slot.prior_modes.into_iter().flatten() {
+            b.recorded_modes.entry(uid.as_str()).or_insert(*mode);
         }
     }
 
-    let runs: Vec<RunPlan> = order.iter().map(|&i| b.plan_run(i)).collect();
+    let runs: Vec<RunPlan> = order.iter().map(|&(.., i)| b.plan_run(i)).collect();
     b.finish(runs)
 }
 
 impl<'a> Builder<'a> {
-    fn add_slot(&mut self, slot: Slot) -> usize {
+    fn add_slot(&mut self, slot: Slot<'a>) -> usize {
         let idx = self.slots.len();
-        for c in &slot.claims {
-            self.holder.entry(c.clone()).or_insert(idx);
+        for c in slot.claims.iter() {
+            self.holder.entry(c).or_insert(idx);
         }
         self.by_name.insert(slot.name.clone(), idx);
         self.slots.push(slot);
@@ -248,29 +304,31 @@ impl<'a> Builder<'a> {
     }
 
     /// A placeholder to create for run `ri`, with that run's scheduling.
-    fn add_new(&mut self, name: String, claims: BTreeSet<String>, mode: Mode, ri: usize) -> usize {
+    fn add_new(&mut self, name: String, claims: Vec<&'a str>, mode: Mode, ri: usize) -> usize {
         let node_selector = placeholder::merged_node_selector(self.state.config, &self.state.runs[ri].scheduling);
         self.add_slot(Slot {
-            name,
-            claims,
+            name: Cow::Owned(name),
+            claims: SlotClaims::New(claims),
             mode,
             existing: false,
-            prior_owners: BTreeSet::new(),
-            prior_modes: BTreeMap::new(),
-            users: BTreeSet::new(),
+            owner_refs: &[],
+            pinned_runs: Vec::new(),
+            prior_modes: None,
+            modes: Vec::new(),
+            users: Vec::new(),
             pinned_pods: Vec::new(),
             node: None,
-            node_selector,
+            node_selector: Cow::Owned(node_selector),
             creator: Some(ri),
         })
     }
 
-    fn add_existing(&mut self, e: &ExistingPlaceholder) {
-        if self.by_name.contains_key(&e.name) {
+    fn add_existing(&mut self, e: &'a ExistingPlaceholder) {
+        if self.by_name.contains_key(e.name.as_str()) {
             return;
         }
         for c in &e.claims {
-            if let Some(&other) = self.holder.get(c) {
+            if let Some(&other) = self.holder.get(c.as_str()) {
                 // I1 already broken outside our control (a race, or a hand-made copy): keep the
                 // first holder by name, say so.
                 self.warnings.push(format!(
@@ -280,28 +338,30 @@ impl<'a> Builder<'a> {
             }
         }
         self.add_slot(Slot {
-            name: e.name.clone(),
-            claims: e.claims.clone(),
+            name: Cow::Borrowed(&e.name),
+            claims: SlotClaims::Set(&e.claims),
             mode: e.mode.unwrap_or(self.state.config.mode),
             existing: true,
-            prior_owners: e.owners.iter().map(|o| o.uid.clone()).collect(),
-            prior_modes: e.run_modes.clone(),
-            users: BTreeSet::new(),
+            owner_refs: &e.owners,
+            pinned_runs: Vec::new(),
+            prior_modes: Some(&e.run_modes),
+            modes: Vec::new(),
+            users: Vec::new(),
             pinned_pods: Vec::new(),
             node: e.node.clone(),
-            node_selector: e.node_selector.clone(),
+            node_selector: Cow::Borrowed(&e.node_selector),
             creator: None,
         });
     }
 
     /// I4: a pinned pod's placeholder exists, whatever the config says.
-    fn add_pinned_demand(&mut self, p: &PinnedPod) {
-        if let Some(&idx) = self.by_name.get(&p.placeholder) {
+    fn add_pinned_demand(&mut self, p: &'a PinnedPod) {
+        if let Some(&idx) = self.by_name.get(p.placeholder.as_str()) {
             self.slots[idx].pinned_pods.push(p.name.clone());
-            self.slots[idx].prior_owners.extend(p.run_uid.clone());
+            self.slots[idx].pinned_runs.extend(p.run_uid.as_deref());
             return;
         }
-        if let Some((c, &other)) = p.claims.iter().find_map(|c| self.holder.get(c).map(|o| (c, o))) {
+        if let Some((c, &other)) = p.claims.iter().find_map(|c| self.holder.get(c.as_str()).map(|o| (c, o))) {
             self.warnings.push(format!(
                 "pod {} is pinned to placeholder {}, which is gone, and its claim {c} is now held by {}: \
                  it cannot be recreated without mounting {c} twice",
@@ -317,16 +377,18 @@ impl<'a> Builder<'a> {
             run.map(|i| &self.state.runs[i].scheduling).unwrap_or(&NO_SCHEDULING),
         );
         self.add_slot(Slot {
-            name: p.placeholder.clone(),
-            claims: p.claims.clone(),
+            name: Cow::Borrowed(&p.placeholder),
+            claims: SlotClaims::Set(&p.claims),
             mode,
             existing: false,
-            prior_owners: p.run_uid.iter().cloned().collect(),
-            prior_modes: BTreeMap::new(),
-            users: BTreeSet::new(),
+            owner_refs: &[],
+            pinned_runs: p.run_uid.as_deref().into_iter().collect(),
+            prior_modes: None,
+            modes: Vec::new(),
+            users: Vec::new(),
             pinned_pods: vec![p.name.clone()],
             node: None,
-            node_selector,
+            node_selector: Cow::Owned(node_selector),
             creator: run,
         });
     }
@@ -335,11 +397,11 @@ impl<'a> Builder<'a> {
         let state = self.state;
         let run = &state.runs[ri];
         let run_claims = claims::run_claims(run, state.claims, state.missing_claims);
-        let managed_names = run_claims.names();
         let mut warnings = Vec::new();
-        let owned: BTreeSet<usize> = self.owned_by.get(&run.uid).cloned().unwrap_or_default();
+        // Empty unless the add-on is disabled (see `owned_by`).
+        let owned: Vec<usize> = self.owned_by.get(run.uid.as_str()).cloned().unwrap_or_default();
         // The mode is fixed when the run is first seen: recorded on the placeholders it uses.
-        let recorded = self.recorded_modes.get(&run.uid).copied();
+        let recorded = self.recorded_modes.get(run.uid.as_str()).copied();
         let mode = match annotated_mode(run) {
             Ok(Some(m)) => m,
             Ok(None) => recorded.unwrap_or(state.config.mode),
@@ -374,60 +436,60 @@ impl<'a> Builder<'a> {
         let may_create = state.config.enabled;
         // With the add-on disabled, a run keeps using what it owns and nothing else.
         let usable = |i: usize| may_create || owned.contains(&i);
-        let groups = claims::run_groups(run, &managed_names, mode);
-        for group in &groups {
-            let mut targets: BTreeSet<usize> = BTreeSet::new();
-            let mut remainder: BTreeSet<String> = BTreeSet::new();
-            for c in group {
+        // The managed claims' names as the run's bindings spell them: they outlive the plan.
+        let mut managed: Vec<&'a str> = run
+            .bindings
+            .iter()
+            .filter_map(|b| b.source.claim())
+            .filter(|c| rp.claims.iter().any(|m| m.name == *c))
+            .collect();
+        managed.sort_unstable();
+        managed.dedup();
+        for group in claims::group_claims(run, &managed, mode) {
+            let mut targets: Vec<usize> = Vec::new();
+            let mut remainder: Vec<&'a str> = Vec::new();
+            for &c in &group {
                 match self.holder.get(c) {
-                    Some(&i) if usable(i) => {
-                        targets.insert(i);
-                    }
+                    Some(&i) if usable(i) => insert_sorted(&mut targets, i),
                     Some(_) => {}
-                    None => {
-                        remainder.insert(c.clone());
-                    }
+                    None => remainder.push(c),
                 }
             }
             if group.is_empty() && mode.per_run() {
                 // A per-run placeholder with no claim: named after the run, so found by name.
                 let name = names::placeholder_name(NameSeed::Run { name: &run.name, uid: &run.uid });
-                match self.by_name.get(&name) {
-                    Some(&i) if usable(i) => {
-                        targets.insert(i);
-                    }
+                match self.by_name.get(name.as_str()) {
+                    Some(&i) if usable(i) => insert_sorted(&mut targets, i),
                     Some(_) => {}
-                    None if may_create => {
-                        targets.insert(self.add_new(name, BTreeSet::new(), mode, ri));
-                    }
+                    None if may_create => insert_sorted(&mut targets, self.add_new(name, Vec::new(), mode, ri)),
                     None => {}
                 }
             } else if !remainder.is_empty() && may_create {
-                let name = names::placeholder_name(NameSeed::Claims(&remainder));
-                if let Some(&taken) = self.by_name.get(&name) {
+                let name = names::claims_placeholder_name(remainder.iter().copied());
+                if let Some(&taken) = self.by_name.get(name.as_str()) {
                     rp.warnings.push(format!(
                         "placeholder name {name} is taken by a placeholder holding [{}]; claims [{}] are not held",
-                        join(&self.slots[taken].claims),
-                        join(&remainder)
+                        join(self.slots[taken].claims.iter()),
+                        join(remainder.iter().copied())
                     ));
                 } else {
-                    targets.insert(self.add_new(name, remainder, mode, ri));
+                    insert_sorted(&mut targets, self.add_new(name, remainder, mode, ri));
                 }
             } else if !remainder.is_empty() {
                 rp.warnings.push(format!(
                     "the add-on is disabled (enabled: false): claims [{}] get no new placeholder",
-                    join(&remainder)
+                    join(remainder.iter().copied())
                 ));
             }
             if targets.len() > 1 {
-                let placeholders: Vec<String> = targets.iter().map(|&i| self.slots[i].name.clone()).collect();
+                let placeholders: Vec<String> = targets.iter().map(|&i| self.slots[i].name.to_string()).collect();
                 let held: Vec<String> = targets
                     .iter()
                     .map(|&i| {
                         let s = &self.slots[i];
                         let users: Vec<&str> = s.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
                         if users.is_empty() {
-                            s.name.clone()
+                            s.name.to_string()
                         } else {
                             format!("{} (held for runs {})", s.name, users.join(", "))
                         }
@@ -437,32 +499,38 @@ impl<'a> Builder<'a> {
                     "run {} needs claims [{}] on one node, but they are held by different placeholders: {}; \
                      its pods that mount claims of more than one of them are not pinned",
                     run.name,
-                    join(group),
+                    join(group.iter().copied()),
                     held.join(" and ")
                 );
                 rp.warnings.push(message.clone());
-                self.conflicts.push(Conflict { run: run.name.clone(), claims: group.clone(), placeholders, message });
+                self.conflicts.push(Conflict {
+                    run: run.name.clone(),
+                    claims: group.iter().map(|c| c.to_string()).collect(),
+                    placeholders,
+                    message,
+                });
             }
-            for c in group {
+            for &c in &group {
                 if let Some(&i) = self.holder.get(c).filter(|&&i| targets.contains(&i)) {
-                    rp.holders.insert(c.clone(), self.slots[i].name.clone());
+                    rp.holders.insert(c.to_string(), self.slots[i].name.to_string());
                 }
             }
             if mode.per_run() && targets.len() == 1 {
-                rp.home = targets.iter().next().map(|&i| self.slots[i].name.clone());
+                rp.home = Some(self.slots[targets[0]].name.to_string());
             }
             for &i in &targets {
-                let others: Vec<&str> = self.slots[i].users.iter().map(|&u| state.runs[u].name.as_str()).collect();
-                if mode == Mode::IsolatePipelineRun && !others.is_empty() {
+                let slot = &mut self.slots[i];
+                if mode == Mode::IsolatePipelineRun && !slot.users.is_empty() {
+                    let others: Vec<&str> = slot.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
                     rp.warnings.push(format!(
                         "isolate-pipelinerun: run {} shares placeholder {} with runs {}: they run on one node",
                         run.name,
-                        self.slots[i].name,
+                        slot.name,
                         others.join(", ")
                     ));
                 }
-                self.slots[i].users.insert(ri);
-                self.slots[i].prior_modes.insert(run.uid.clone(), mode);
+                insert_sorted(&mut slot.users, ri);
+                slot.modes.push((run.uid.as_str(), mode));
             }
         }
         rp
@@ -472,10 +540,10 @@ impl<'a> Builder<'a> {
         let state = self.state;
         let mut placeholders = Vec::with_capacity(self.slots.len());
         let mut delete = Vec::new();
-        // Slots are consumed: their data moves into the plan instead of being copied.
+        // Slots are consumed: what they own moves into the plan; what they borrow is copied.
         for slot in self.slots {
             if slot.existing && slot.users.is_empty() && slot.pinned_pods.is_empty() {
-                delete.push(slot.name);
+                delete.push(slot.name.into_owned());
                 continue;
             }
             let mut owners: Vec<Owner> = slot
@@ -497,7 +565,7 @@ impl<'a> Builder<'a> {
                 .iter()
                 .filter_map(|&u| {
                     let uid = &state.runs[u].uid;
-                    Some((uid.clone(), *slot.prior_modes.get(uid)?))
+                    Some((uid.clone(), slot.mode_of(uid)?))
                 })
                 .collect();
             let create = (!slot.existing).then(|| {
@@ -511,14 +579,14 @@ impl<'a> Builder<'a> {
                 NewPlaceholder { scheduling: scheduling.clone(), anti_affinity }
             });
             placeholders.push(PlannedPlaceholder {
-                name: slot.name,
-                claims: slot.claims,
+                name: slot.name.into_owned(),
+                claims: slot.claims.into_set(),
                 mode: slot.mode,
                 owners,
                 run_modes,
                 pinned_pods: slot.pinned_pods,
                 node: slot.node,
-                node_selector: slot.node_selector,
+                node_selector: slot.node_selector.into_owned(),
                 create,
             });
         }
@@ -543,8 +611,8 @@ static NO_SCHEDULING: Scheduling = Scheduling {
     priority_class_name: None,
 };
 
-fn join(set: &BTreeSet<String>) -> String {
-    set.iter().cloned().collect::<Vec<_>>().join(", ")
+fn join<'s>(names: impl IntoIterator<Item = &'s str>) -> String {
+    names.into_iter().collect::<Vec<_>>().join(", ")
 }
 
 /// The run's opt-out annotation: absent means enabled.
