@@ -102,28 +102,40 @@ pub enum NameSeed<'a> {
 /// Deterministic DNS-1123 label of at most [`MAX_PLACEHOLDER_NAME`] characters:
 /// `aa-<readable part>-<10 hex>`.
 pub fn placeholder_name(seed: NameSeed<'_>) -> String {
+    let mut out = String::with_capacity(MAX_PLACEHOLDER_NAME);
+    push_placeholder_name(&mut out, seed);
+    out
+}
+
+/// [`placeholder_name`], appended to `out`: the plan builds every name in one buffer.
+pub fn push_placeholder_name(out: &mut String, seed: NameSeed<'_>) {
     match seed {
-        NameSeed::Claims(claims) => claims_placeholder_name(claims.iter().map(String::as_str)),
-        NameSeed::Run { name, uid } => build_name(name, ["run", uid]),
+        NameSeed::Claims(claims) => push_claims_placeholder_name(out, claims.iter().map(String::as_str)),
+        NameSeed::Run { name, uid } => push_name(out, name, ["run", uid]),
     }
 }
 
 /// [`placeholder_name`] of [`NameSeed::Claims`] for claims given as `&str`, in the order a
 /// `BTreeSet<String>` of them iterates (sorted, each once): the plan holds borrowed names.
 pub fn claims_placeholder_name<'a>(claims: impl IntoIterator<Item = &'a str> + Clone) -> String {
-    let first = claims.clone().into_iter().next().unwrap_or("");
-    build_name(first, std::iter::once("claims").chain(claims))
+    let mut out = String::with_capacity(MAX_PLACEHOLDER_NAME);
+    push_claims_placeholder_name(&mut out, claims);
+    out
 }
 
-fn build_name<'a>(readable: &str, hashed: impl IntoIterator<Item = &'a str>) -> String {
+/// [`claims_placeholder_name`], appended to `out`.
+pub fn push_claims_placeholder_name<'a>(out: &mut String, claims: impl IntoIterator<Item = &'a str> + Clone) {
+    let first = claims.clone().into_iter().next().unwrap_or("");
+    push_name(out, first, std::iter::once("claims").chain(claims))
+}
+
+fn push_name<'a>(out: &mut String, readable: &str, hashed: impl IntoIterator<Item = &'a str>) {
     let room = MAX_PLACEHOLDER_NAME - NAME_PREFIX.len() - 1 - HASH_LEN;
-    let mut out = String::with_capacity(MAX_PLACEHOLDER_NAME);
     out.push_str(NAME_PREFIX);
-    if push_sanitized(&mut out, readable, room) {
+    if push_sanitized(out, readable, room) {
         out.push('-');
     }
-    push_short_hash(&mut out, hashed, HASH_LEN);
-    out
+    push_short_hash(out, hashed, HASH_LEN);
 }
 
 /// Lowercases, maps every character outside `[a-z0-9-]` to `-`, truncates to `max` and trims
