@@ -92,10 +92,10 @@ fn active_run(name: String, uid: String, created: String, bindings: Vec<Binding>
     Run {
         engine: "tekton",
         namespace: NAMESPACE.to_string(),
-        name,
-        uid,
-        api_version: "tekton.dev/v1".to_string(),
-        kind: "PipelineRun".to_string(),
+        name: name.into(),
+        uid: uid.into(),
+        api_version: "tekton.dev/v1".into(),
+        kind: "PipelineRun".into(),
         created: Some(created),
         annotations: BTreeMap::new(),
         phase: RunPhase::Active,
@@ -107,7 +107,7 @@ fn active_run(name: String, uid: String, created: String, bindings: Vec<Binding>
 }
 
 fn bind(workspace: &str, claim: String) -> Binding {
-    Binding { workspace: workspace.to_string(), source: ClaimSource::Claim(claim) }
+    Binding { workspace: workspace.into(), source: ClaimSource::Claim(claim.into()) }
 }
 
 /// `build-1` as the Tekton adapter reads it: the run the task pod in tests/data belongs to.

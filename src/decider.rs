@@ -70,7 +70,7 @@ impl CacheDecider {
                     r.ignored
                         .iter()
                         .filter(|i| i.reason == IgnoreReason::Missing)
-                        .filter_map(|i| i.claim.clone())
+                        .filter_map(|i| i.claim.as_ref().map(|c| c.to_string()))
                         .filter(|c| pod.claims().contains(&c.as_str()))
                         .collect()
                 })

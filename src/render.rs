@@ -350,7 +350,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
                     let claims: Vec<String> = claims.into_iter().collect();
                     let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_ref());
                     PodOutcome {
-                        run: run.name.clone(),
+                        run: run.name.to_string(),
                         task: task.to_string(),
                         claims,
                         decision: core::decide(&pod, plan, true),
@@ -389,8 +389,8 @@ fn task_pod(
 ) -> TaskPod {
     let scheduling = over.map(|o| run.scheduling.overlaid(o)).unwrap_or_else(|| run.scheduling.clone());
     let labels: BTreeMap<String, String> = [
-        (tekton::LABEL_PIPELINE_RUN, run.name.clone()),
-        (tekton::LABEL_PIPELINE_RUN_UID, run.uid.clone()),
+        (tekton::LABEL_PIPELINE_RUN, run.name.to_string()),
+        (tekton::LABEL_PIPELINE_RUN_UID, run.uid.to_string()),
         (tekton::LABEL_PIPELINE_TASK, task.to_string()),
         ("tekton.dev/memberOf", if finally { "finally" } else { "tasks" }.to_string()),
         (names::LABEL_APP_MANAGED_BY, "tekton-pipelines".to_string()),
@@ -509,7 +509,7 @@ impl Report {
                     .iter()
                     .map(|c| match c.access {
                         AccessSource::Assumed => format!("{} (assumed RWO)", c.name),
-                        _ => c.name.clone(),
+                        _ => c.name.to_string(),
                     })
                     .collect();
                 runs.push(row([n, &rp.name, rp.mode.as_str(), &rp.status.describe(), &csv(claims.iter())]));

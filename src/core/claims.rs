@@ -2,7 +2,8 @@
 //! claims group before other runs are considered (SPEC "Grouping", within one run).
 
 use crate::config::Mode;
-use crate::model::{ClaimInfo, ClaimSource, Run};
+use crate::model::{ClaimInfo, ClaimSource, Name, Run};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What to do with a claim whose PVC is not known.
@@ -27,9 +28,9 @@ pub enum AccessSource {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedClaim {
-    pub name: String,
+    pub name: Name,
     /// The run workspaces bound to it (two workspaces may share one claim).
-    pub workspaces: Vec<String>,
+    pub workspaces: Vec<Name>,
     pub access: AccessSource,
 }
 
@@ -61,8 +62,8 @@ impl std::fmt::Display for IgnoreReason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IgnoredBinding {
-    pub workspace: String,
-    pub claim: Option<String>,
+    pub workspace: Name,
+    pub claim: Option<Name>,
     pub reason: IgnoreReason,
 }
 
@@ -74,7 +75,7 @@ pub struct RunClaims {
 
 impl RunClaims {
     pub fn names(&self) -> BTreeSet<String> {
-        self.managed.iter().map(|c| c.name.clone()).collect()
+        self.managed.iter().map(|c| c.name.to_string()).collect()
     }
 }
 
@@ -96,7 +97,7 @@ pub fn access_verdict(modes: &[String]) -> Result<(), IgnoreReason> {
 pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: MissingClaims) -> RunClaims {
     let mut out = RunClaims::default();
     for b in &run.bindings {
-        let Some(claim) = b.source.claim() else {
+        let Some(claim) = b.source.claim_name() else {
             out.ignored.push(IgnoredBinding {
                 workspace: b.workspace.clone(),
                 claim: None,
@@ -104,11 +105,11 @@ pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: Missin
             });
             continue;
         };
-        if let Some(m) = out.managed.iter_mut().find(|m| m.name == claim) {
+        if let Some(m) = out.managed.iter_mut().find(|m| m.name == *claim) {
             m.workspaces.push(b.workspace.clone());
             continue;
         }
-        let verdict = match (pvcs.get(claim), &b.source) {
+        let verdict = match (pvcs.get(claim.as_str()), &b.source) {
             (Some(pvc), _) => access_verdict(pvc.access_modes()).map(|_| AccessSource::Claim),
             (None, ClaimSource::Template { access_modes, .. }) => {
                 access_verdict(access_modes).map(|_| AccessSource::Template)
@@ -117,16 +118,12 @@ pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: Missin
             (None, _) => Err(IgnoreReason::Missing),
         };
         match verdict {
-            Ok(access) => out.managed.push(ManagedClaim {
-                name: claim.to_string(),
-                workspaces: vec![b.workspace.clone()],
-                access,
-            }),
-            Err(reason) => out.ignored.push(IgnoredBinding {
-                workspace: b.workspace.clone(),
-                claim: Some(claim.to_string()),
-                reason,
-            }),
+            Ok(access) => {
+                out.managed.push(ManagedClaim { name: claim.clone(), workspaces: vec![b.workspace.clone()], access })
+            }
+            Err(reason) => {
+                out.ignored.push(IgnoredBinding { workspace: b.workspace.clone(), claim: Some(claim.clone()), reason })
+            }
         }
     }
     out
@@ -158,14 +155,21 @@ fn task_claim_refs(run: &Run) -> Vec<(&str, BTreeSet<&str>)> {
 /// uses get none. Per-run modes: one group with every managed claim, even an empty one.
 pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTreeSet<String>> {
     let managed: Vec<&str> = managed.iter().map(String::as_str).collect();
-    group_claims(run, &managed, mode).into_iter().map(|g| g.into_iter().map(String::from).collect()).collect()
+    let (labels, count) = group_labels(run, &managed, mode);
+    (0..count)
+        .map(|g| managed.iter().zip(&labels).filter(|&(_, l)| *l == Some(g)).map(|(c, _)| c.to_string()).collect())
+        .collect()
 }
 
-/// [`run_groups`] on borrowed names, for the plan: `managed` sorted and each once, as a
-/// `BTreeSet` iterates; each group sorted too, and the groups in `BTreeSet` order.
-pub(crate) fn group_claims<'m>(run: &Run, managed: &[&'m str], mode: Mode) -> Vec<Vec<&'m str>> {
+/// [`run_groups`] as a label per claim, for the plan (which walks the groups over borrowed
+/// names): `managed` is sorted and each claim once, as a `BTreeSet` iterates; claim `i` is in
+/// group `labels[i]` (`None`: in no group), groups numbered `0..count` in `BTreeSet` order.
+pub(crate) fn group_labels<C>(run: &Run, managed: &[&C], mode: Mode) -> (Vec<Option<usize>>, usize)
+where
+    C: Borrow<str> + ?Sized,
+{
     if mode.per_run() {
-        return vec![managed.to_vec()];
+        return (vec![Some(0); managed.len()], 1);
     }
     // Union-find over indices into `managed`, each root the smallest index of its group.
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -176,12 +180,13 @@ pub(crate) fn group_claims<'m>(run: &Run, managed: &[&'m str], mode: Mode) -> Ve
         i
     }
     let mut parent: Vec<usize> = (0..managed.len()).collect();
-    let mut used = vec![false; managed.len()];
+    let mut labels: Vec<Option<usize>> = vec![None; managed.len()];
     for task in &run.tasks {
         let mut first = None;
         for_each_task_claim(run, task.workspaces.as_deref(), |c| {
-            let Ok(i) = managed.binary_search(&c) else { return };
-            used[i] = true;
+            let Ok(i) = managed.binary_search_by(|m| (*m).borrow().cmp(c)) else { return };
+            // Marks it used; the real labels come below.
+            labels[i] = Some(0);
             let Some(f) = first else {
                 first = Some(i);
                 return;
@@ -190,20 +195,22 @@ pub(crate) fn group_claims<'m>(run: &Run, managed: &[&'m str], mode: Mode) -> Ve
             parent[a.max(b)] = a.min(b);
         });
     }
-    // Walking the claims in order opens each group at its smallest claim, so groups come out
-    // sorted by their first claim: for disjoint sorted groups, the `BTreeSet` order.
-    let mut groups: Vec<Vec<&str>> = Vec::new();
-    let mut group_at = vec![usize::MAX; managed.len()];
-    for i in (0..managed.len()).filter(|&i| used[i]) {
-        let r = root(&mut parent, i);
-        if group_at[r] == usize::MAX {
-            group_at[r] = groups.len();
-            groups.push(Vec::new());
+    // Walking the claims in order numbers each group at its smallest claim, so the groups come
+    // out ordered by their first claim: for disjoint sorted groups, the `BTreeSet` order.
+    let mut count = 0;
+    for i in 0..managed.len() {
+        if labels[i].is_none() {
+            continue;
         }
-        groups[group_at[r]].push(managed[i]);
+        let r = root(&mut parent, i);
+        labels[i] = if r == i {
+            count += 1;
+            Some(count - 1)
+        } else {
+            labels[r]
+        };
     }
-    debug_assert!(groups.is_sorted());
-    groups
+    (labels, count)
 }
 
 /// Calls `f` with each claim a task mounts (a claim bound to two workspaces may come twice):

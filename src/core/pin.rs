@@ -4,6 +4,7 @@
 use super::plan::{Plan, PlannedPlaceholder, RunStatus, annotation_enabled};
 use super::scheduling;
 use crate::engine::{self, EngineSkip};
+use crate::model::Name;
 use crate::names;
 use crate::pod::TaskPod;
 use json_patch::jsonptr::PointerBuf;
@@ -218,7 +219,7 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
             }
         }
     } else {
-        let holders: BTreeSet<&str> = managed.iter().filter_map(|c| run.holders.get(*c).map(String::as_str)).collect();
+        let holders: BTreeSet<&str> = managed.iter().filter_map(|c| run.holders.get(*c).map(Name::as_str)).collect();
         let unheld: Vec<&str> = managed.iter().copied().filter(|c| !run.holders.contains_key(*c)).collect();
         if holders.len() > 1 {
             return skip(
@@ -285,8 +286,8 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
         .get_or_insert_with(Vec::new)
         .push(term.clone());
     Decision::Pin(Box::new(Pin {
-        run: run.name.clone(),
-        placeholder: target.name.clone(),
+        run: run.name.to_string(),
+        placeholder: target.name.to_string(),
         claims,
         term,
         affinity,
@@ -300,7 +301,7 @@ fn add(path: &[&str], value: Value) -> PatchOperation {
 
 /// Adds at the deepest level that exists, so every pre-existing term is kept and each op
 /// replaces whole values: applying the patch a second time changes nothing.
-fn pin_patch(pod: &TaskPod, placeholder: &str, held: &BTreeSet<String>, term: &PodAffinityTerm) -> Patch {
+fn pin_patch(pod: &TaskPod, placeholder: &str, held: &BTreeSet<Name>, term: &PodAffinityTerm) -> Patch {
     let term = serde_json::to_value(term).unwrap_or(Value::Null);
     let affinity = pod.spec.affinity.as_ref();
     let mut ops = Vec::with_capacity(5);
@@ -316,7 +317,7 @@ fn pin_patch(pod: &TaskPod, placeholder: &str, held: &BTreeSet<String>, term: &P
             add(&["spec", "affinity", "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution"], json!([term]))
         }
     });
-    let claims_csv = held.iter().cloned().collect::<Vec<_>>().join(",");
+    let claims_csv = held.iter().map(Name::as_str).collect::<Vec<_>>().join(",");
     if pod.metadata.labels.is_empty() {
         ops.push(add(&["metadata", "labels"], json!({ names::LABEL_PINNED: "true" })));
     } else {

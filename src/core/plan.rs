@@ -10,7 +10,7 @@
 use super::claims::{self, IgnoredBinding, ManagedClaim, MissingClaims};
 use super::placeholder::{self, Owner, PlaceholderParts};
 use crate::config::{AntiAffinity, Config, Mode, parse_bool};
-use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, OwnerRun, PinnedPod, Run, RunPhase, Scheduling};
+use crate::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, OwnerRun, PinnedPod, Run, RunPhase, Scheduling};
 use crate::names::{self, NameSeed};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use std::borrow::Cow;
@@ -65,16 +65,16 @@ impl RunStatus {
 /// The plan for one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunPlan {
-    pub name: String,
-    pub uid: String,
+    pub name: Name,
+    pub uid: Name,
     pub mode: Mode,
     pub status: RunStatus,
     pub claims: Vec<ManagedClaim>,
     pub ignored: Vec<IgnoredBinding>,
     /// Managed claim -> the placeholder holding it for this run.
-    pub holders: BTreeMap<String, String>,
+    pub holders: BTreeMap<Name, Name>,
     /// Per-run modes: the one placeholder every task pod of the run goes to.
-    pub home: Option<String>,
+    pub home: Option<Name>,
     /// Things a person should know (become Warning Events).
     pub warnings: Vec<String>,
 }
@@ -82,22 +82,22 @@ pub struct RunPlan {
 /// A grouping that needs two placeholders together: its pods that need both stay unpinned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    pub run: String,
-    pub claims: BTreeSet<String>,
-    pub placeholders: Vec<String>,
+    pub run: Name,
+    pub claims: BTreeSet<Name>,
+    pub placeholders: Vec<Name>,
     pub message: String,
 }
 
 /// A placeholder that must exist after the plan is carried out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedPlaceholder {
-    pub name: String,
-    pub claims: BTreeSet<String>,
+    pub name: Name,
+    pub claims: BTreeSet<Name>,
     pub mode: Mode,
     /// Active runs that use it: its owner references.
     pub owners: Vec<Owner>,
     /// The mode of each owner, by uid ([`names::ANNOTATION_RUN_MODES`]).
-    pub run_modes: BTreeMap<String, Mode>,
+    pub run_modes: BTreeMap<Name, Mode>,
     /// Unfinished pinned pods that need it (I4).
     pub pinned_pods: Vec<String>,
     pub node: Option<Arc<NodeInfo>>,
@@ -142,7 +142,7 @@ pub struct Plan {
     /// Sorted by name.
     pub placeholders: Vec<PlannedPlaceholder>,
     /// Existing placeholders nothing needs any more.
-    pub delete: Vec<String>,
+    pub delete: Vec<Name>,
     pub conflicts: Vec<Conflict>,
     /// Problems with the namespace's existing state (e.g. one claim held twice).
     pub warnings: Vec<String>,
@@ -162,10 +162,10 @@ impl Plan {
     }
 }
 
-/// A placeholder while the plan is being built. It borrows what it can from the state: the
-/// plan copies names only into its output.
+/// A placeholder while the plan is being built. It borrows what it can from the state, and
+/// shares the names it puts in the plan.
 struct Slot<'a> {
-    name: Cow<'a, str>,
+    name: Name,
     claims: SlotClaims<'a>,
     mode: Mode,
     existing: bool,
@@ -174,9 +174,7 @@ struct Slot<'a> {
     owner_refs: &'a [OwnerRun],
     pinned_runs: Vec<&'a str>,
     /// Recorded modes of the runs it served, by uid (an existing placeholder's annotation).
-    prior_modes: Option<&'a BTreeMap<String, Mode>>,
-    /// Modes of the runs planned onto it, in planning order; they override `prior_modes`.
-    modes: Vec<(&'a str, Mode)>,
+    prior_modes: Option<&'a BTreeMap<Name, Mode>>,
     /// Indices of the runs that use it, ascending.
     users: Vec<usize>,
     pinned_pods: Vec<String>,
@@ -186,36 +184,28 @@ struct Slot<'a> {
     creator: Option<usize>,
 }
 
-/// A slot's claims: a set from the state, or the names (sorted, each once) a new placeholder
-/// takes from its run's bindings.
+/// A slot's claims: an existing placeholder's, a pinned pod's, or a new placeholder's.
 enum SlotClaims<'a> {
-    Set(&'a BTreeSet<String>),
-    New(Vec<&'a str>),
+    Existing(&'a BTreeSet<Name>),
+    Pinned(&'a BTreeSet<String>),
+    New(BTreeSet<Name>),
 }
 
-impl<'a> SlotClaims<'a> {
-    fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
-        let (set, new) = match self {
-            SlotClaims::Set(set) => (Some(set.iter().map(String::as_str)), None),
-            SlotClaims::New(names) => (None, Some(names.iter().copied())),
+impl SlotClaims<'_> {
+    fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let (names, pinned) = match self {
+            SlotClaims::Existing(set) => (Some(set.iter()), None),
+            SlotClaims::New(set) => (Some(set.iter()), None),
+            SlotClaims::Pinned(set) => (None, Some(set.iter())),
         };
-        set.into_iter().flatten().chain(new.into_iter().flatten())
+        names.into_iter().flatten().map(Name::as_str).chain(pinned.into_iter().flatten().map(String::as_str))
     }
 
-    fn into_set(self) -> BTreeSet<String> {
+    fn into_set(self) -> BTreeSet<Name> {
         match self {
-            SlotClaims::Set(set) => set.clone(),
-            SlotClaims::New(names) => names.into_iter().map(String::from).collect(),
-        }
-    }
-}
-
-impl<'a> Slot<'a> {
-    /// The mode recorded for the run with `uid`: the last one planned, else the annotation's.
-    fn mode_of(&self, uid: &str) -> Option<Mode> {
-        match self.modes.iter().rev().find(|(u, _)| *u == uid) {
-            Some(&(_, mode)) => Some(mode),
-            None => self.prior_modes.and_then(|m| m.get(uid)).copied(),
+            SlotClaims::Existing(set) => set.clone(),
+            SlotClaims::Pinned(set) => set.iter().map(Name::from).collect(),
+            SlotClaims::New(set) => set,
         }
     }
 }
@@ -227,10 +217,20 @@ fn insert_sorted(list: &mut Vec<usize>, i: usize) {
     }
 }
 
+/// Buffers `plan_run` reuses from run to run instead of allocating its own.
+#[derive(Default)]
+struct Scratch<'a> {
+    managed: Vec<&'a Name>,
+    group: Vec<&'a Name>,
+    remainder: Vec<&'a Name>,
+    targets: Vec<usize>,
+    name: String,
+}
+
 struct Builder<'a> {
     state: &'a NamespaceState<'a>,
     slots: Vec<Slot<'a>>,
-    by_name: HashMap<Cow<'a, str>, usize>,
+    by_name: HashMap<Name, usize>,
     holder: HashMap<&'a str, usize>,
     conflicts: Vec<Conflict>,
     warnings: Vec<String>,
@@ -240,6 +240,9 @@ struct Builder<'a> {
     owned_by: HashMap<&'a str, Vec<usize>>,
     /// Run uid -> the mode recorded for it on an existing placeholder.
     recorded_modes: HashMap<&'a str, Mode>,
+    /// By run index: when it was planned (its place in the planning order) and its mode.
+    planned: Vec<Option<(usize, Mode)>>,
+    scratch: Scratch<'a>,
 }
 
 /// The plan for one namespace.
@@ -253,6 +256,8 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
         warnings: Vec::new(),
         owned_by: HashMap::new(),
         recorded_modes: HashMap::new(),
+        planned: vec![None; state.runs.len()],
+        scratch: Scratch::default(),
     };
     let mut existing: Vec<&ExistingPlaceholder> = state.placeholders.iter().collect();
     existing.sort_by(|a, c| a.name.cmp(&c.name));
@@ -288,14 +293,15 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
         }
     }
 
-    let runs: Vec<RunPlan> = order.iter().map(|&(.., i)| b.plan_run(i)).collect();
+    let runs: Vec<RunPlan> = order.iter().enumerate().map(|(seq, &(.., i))| b.plan_run(i, seq)).collect();
     b.finish(runs)
 }
 
 impl<'a> Builder<'a> {
-    fn add_slot(&mut self, slot: Slot<'a>) -> usize {
+    /// Adds a slot holding `claims` (where nothing holds them yet).
+    fn add_slot(&mut self, slot: Slot<'a>, claims: impl Iterator<Item = &'a str>) -> usize {
         let idx = self.slots.len();
-        for c in slot.claims.iter() {
+        for c in claims {
             self.holder.entry(c).or_insert(idx);
         }
         self.by_name.insert(slot.name.clone(), idx);
@@ -304,23 +310,23 @@ impl<'a> Builder<'a> {
     }
 
     /// A placeholder to create for run `ri`, with that run's scheduling.
-    fn add_new(&mut self, name: String, claims: Vec<&'a str>, mode: Mode, ri: usize) -> usize {
+    fn add_new(&mut self, name: Name, claims: &[&'a Name], mode: Mode, ri: usize) -> usize {
         let node_selector = placeholder::merged_node_selector(self.state.config, &self.state.runs[ri].scheduling);
-        self.add_slot(Slot {
-            name: Cow::Owned(name),
-            claims: SlotClaims::New(claims),
+        let slot = Slot {
+            name,
+            claims: SlotClaims::New(claims.iter().map(|&c| c.clone()).collect()),
             mode,
             existing: false,
             owner_refs: &[],
             pinned_runs: Vec::new(),
             prior_modes: None,
-            modes: Vec::new(),
             users: Vec::new(),
             pinned_pods: Vec::new(),
             node: None,
             node_selector: Cow::Owned(node_selector),
             creator: Some(ri),
-        })
+        };
+        self.add_slot(slot, claims.iter().map(|c| c.as_str()))
     }
 
     fn add_existing(&mut self, e: &'a ExistingPlaceholder) {
@@ -337,21 +343,21 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
-        self.add_slot(Slot {
-            name: Cow::Borrowed(&e.name),
-            claims: SlotClaims::Set(&e.claims),
+        let slot = Slot {
+            name: e.name.clone(),
+            claims: SlotClaims::Existing(&e.claims),
             mode: e.mode.unwrap_or(self.state.config.mode),
             existing: true,
             owner_refs: &e.owners,
             pinned_runs: Vec::new(),
             prior_modes: Some(&e.run_modes),
-            modes: Vec::new(),
             users: Vec::new(),
             pinned_pods: Vec::new(),
             node: e.node.clone(),
             node_selector: Cow::Borrowed(&e.node_selector),
             creator: None,
-        });
+        };
+        self.add_slot(slot, e.claims.iter().map(Name::as_str));
     }
 
     /// I4: a pinned pod's placeholder exists, whatever the config says.
@@ -369,31 +375,32 @@ impl<'a> Builder<'a> {
             ));
             return;
         }
-        let run = p.run_uid.as_ref().and_then(|uid| self.state.runs.iter().position(|r| &r.uid == uid));
+        let run = p.run_uid.as_ref().and_then(|uid| self.state.runs.iter().position(|r| r.uid == *uid));
         let mode =
             run.and_then(|i| annotated_mode(&self.state.runs[i]).ok().flatten()).unwrap_or(self.state.config.mode);
         let node_selector = placeholder::merged_node_selector(
             self.state.config,
             run.map(|i| &self.state.runs[i].scheduling).unwrap_or(&NO_SCHEDULING),
         );
-        self.add_slot(Slot {
-            name: Cow::Borrowed(&p.placeholder),
-            claims: SlotClaims::Set(&p.claims),
+        let slot = Slot {
+            name: Name::from(&p.placeholder),
+            claims: SlotClaims::Pinned(&p.claims),
             mode,
             existing: false,
             owner_refs: &[],
             pinned_runs: p.run_uid.as_deref().into_iter().collect(),
             prior_modes: None,
-            modes: Vec::new(),
             users: Vec::new(),
             pinned_pods: vec![p.name.clone()],
             node: None,
             node_selector: Cow::Owned(node_selector),
             creator: run,
-        });
+        };
+        self.add_slot(slot, p.claims.iter().map(String::as_str));
     }
 
-    fn plan_run(&mut self, ri: usize) -> RunPlan {
+    /// Plans run `ri`, the `seq`-th in planning order.
+    fn plan_run(&mut self, ri: usize, seq: usize) -> RunPlan {
         let state = self.state;
         let run = &state.runs[ri];
         let run_claims = claims::run_claims(run, state.claims, state.missing_claims);
@@ -432,66 +439,79 @@ impl<'a> Builder<'a> {
         if rp.status != RunStatus::Managed {
             return rp;
         }
+        self.planned[ri] = Some((seq, mode));
 
         let may_create = state.config.enabled;
         // With the add-on disabled, a run keeps using what it owns and nothing else.
         let usable = |i: usize| may_create || owned.contains(&i);
-        // The managed claims' names as the run's bindings spell them: they outlive the plan.
-        let mut managed: Vec<&'a str> = run
-            .bindings
-            .iter()
-            .filter_map(|b| b.source.claim())
-            .filter(|c| rp.claims.iter().any(|m| m.name == *c))
-            .collect();
-        managed.sort_unstable();
-        managed.dedup();
-        for group in claims::group_claims(run, &managed, mode) {
-            let mut targets: Vec<usize> = Vec::new();
-            let mut remainder: Vec<&'a str> = Vec::new();
-            for &c in &group {
-                match self.holder.get(c) {
-                    Some(&i) if usable(i) => insert_sorted(&mut targets, i),
+        let mut s = std::mem::take(&mut self.scratch);
+        // The managed claims' names as the run's bindings hold them: they outlive the plan.
+        s.managed.clear();
+        s.managed.extend(
+            run.bindings
+                .iter()
+                .filter_map(|b| b.source.claim_name())
+                .filter(|c| rp.claims.iter().any(|m| m.name == **c)),
+        );
+        s.managed.sort_unstable();
+        s.managed.dedup();
+        let (labels, groups) = claims::group_labels(run, &s.managed, mode);
+        for g in 0..groups {
+            s.group.clear();
+            s.group.extend(s.managed.iter().zip(&labels).filter(|&(_, l)| *l == Some(g)).map(|(&c, _)| c));
+            let group = &s.group;
+            s.targets.clear();
+            s.remainder.clear();
+            for &c in group {
+                match self.holder.get(c.as_str()) {
+                    Some(&i) if usable(i) => insert_sorted(&mut s.targets, i),
                     Some(_) => {}
-                    None => remainder.push(c),
+                    None => s.remainder.push(c),
                 }
             }
             if group.is_empty() && mode.per_run() {
                 // A per-run placeholder with no claim: named after the run, so found by name.
-                let name = names::placeholder_name(NameSeed::Run { name: &run.name, uid: &run.uid });
-                match self.by_name.get(name.as_str()) {
-                    Some(&i) if usable(i) => insert_sorted(&mut targets, i),
+                s.name.clear();
+                names::push_placeholder_name(&mut s.name, NameSeed::Run { name: &run.name, uid: &run.uid });
+                match self.by_name.get(s.name.as_str()) {
+                    Some(&i) if usable(i) => insert_sorted(&mut s.targets, i),
                     Some(_) => {}
-                    None if may_create => insert_sorted(&mut targets, self.add_new(name, Vec::new(), mode, ri)),
+                    None if may_create => {
+                        insert_sorted(&mut s.targets, self.add_new(s.name.as_str().into(), &[], mode, ri))
+                    }
                     None => {}
                 }
-            } else if !remainder.is_empty() && may_create {
-                let name = names::claims_placeholder_name(remainder.iter().copied());
-                if let Some(&taken) = self.by_name.get(name.as_str()) {
+            } else if !s.remainder.is_empty() && may_create {
+                s.name.clear();
+                names::push_claims_placeholder_name(&mut s.name, s.remainder.iter().map(|c| c.as_str()));
+                if let Some(&taken) = self.by_name.get(s.name.as_str()) {
                     rp.warnings.push(format!(
-                        "placeholder name {name} is taken by a placeholder holding [{}]; claims [{}] are not held",
+                        "placeholder name {} is taken by a placeholder holding [{}]; claims [{}] are not held",
+                        s.name,
                         join(self.slots[taken].claims.iter()),
-                        join(remainder.iter().copied())
+                        join(s.remainder.iter().map(|c| c.as_str()))
                     ));
                 } else {
-                    insert_sorted(&mut targets, self.add_new(name, remainder, mode, ri));
+                    insert_sorted(&mut s.targets, self.add_new(s.name.as_str().into(), &s.remainder, mode, ri));
                 }
-            } else if !remainder.is_empty() {
+            } else if !s.remainder.is_empty() {
                 rp.warnings.push(format!(
                     "the add-on is disabled (enabled: false): claims [{}] get no new placeholder",
-                    join(remainder.iter().copied())
+                    join(s.remainder.iter().map(|c| c.as_str()))
                 ));
             }
+            let targets = &s.targets;
             if targets.len() > 1 {
-                let placeholders: Vec<String> = targets.iter().map(|&i| self.slots[i].name.to_string()).collect();
+                let placeholders: Vec<Name> = targets.iter().map(|&i| self.slots[i].name.clone()).collect();
                 let held: Vec<String> = targets
                     .iter()
                     .map(|&i| {
-                        let s = &self.slots[i];
-                        let users: Vec<&str> = s.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
+                        let slot = &self.slots[i];
+                        let users: Vec<&str> = slot.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
                         if users.is_empty() {
-                            s.name.to_string()
+                            slot.name.to_string()
                         } else {
-                            format!("{} (held for runs {})", s.name, users.join(", "))
+                            format!("{} (held for runs {})", slot.name, users.join(", "))
                         }
                     })
                     .collect();
@@ -499,26 +519,26 @@ impl<'a> Builder<'a> {
                     "run {} needs claims [{}] on one node, but they are held by different placeholders: {}; \
                      its pods that mount claims of more than one of them are not pinned",
                     run.name,
-                    join(group.iter().copied()),
+                    join(group.iter().map(|c| c.as_str())),
                     held.join(" and ")
                 );
                 rp.warnings.push(message.clone());
                 self.conflicts.push(Conflict {
                     run: run.name.clone(),
-                    claims: group.iter().map(|c| c.to_string()).collect(),
+                    claims: group.iter().map(|&c| c.clone()).collect(),
                     placeholders,
                     message,
                 });
             }
-            for &c in &group {
-                if let Some(&i) = self.holder.get(c).filter(|&&i| targets.contains(&i)) {
-                    rp.holders.insert(c.to_string(), self.slots[i].name.to_string());
+            for &c in group {
+                if let Some(&i) = self.holder.get(c.as_str()).filter(|&&i| targets.contains(&i)) {
+                    rp.holders.insert(c.clone(), self.slots[i].name.clone());
                 }
             }
             if mode.per_run() && targets.len() == 1 {
-                rp.home = Some(self.slots[targets[0]].name.to_string());
+                rp.home = Some(self.slots[targets[0]].name.clone());
             }
-            for &i in &targets {
+            for &i in targets {
                 let slot = &mut self.slots[i];
                 if mode == Mode::IsolatePipelineRun && !slot.users.is_empty() {
                     let others: Vec<&str> = slot.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
@@ -530,20 +550,33 @@ impl<'a> Builder<'a> {
                     ));
                 }
                 insert_sorted(&mut slot.users, ri);
-                slot.modes.push((run.uid.as_str(), mode));
             }
         }
+        self.scratch = s;
         rp
     }
 
-    fn finish(self, runs: Vec<RunPlan>) -> Plan {
+    /// The mode a placeholder records for its user `u`: that of the last planned of its users
+    /// with `u`'s uid (runs are told apart by uid; two with one uid share the entry).
+    fn recorded_mode(&self, slot: &Slot<'_>, u: usize) -> Option<Mode> {
+        let uid = &self.state.runs[u].uid;
+        let same_uid = slot.users.iter().filter(|&&v| self.state.runs[v].uid == *uid);
+        same_uid.filter_map(|&v| self.planned[v]).max_by_key(|&(seq, _)| seq).map(|(_, mode)| mode)
+    }
+
+    fn finish(mut self, runs: Vec<RunPlan>) -> Plan {
         let state = self.state;
-        let mut placeholders = Vec::with_capacity(self.slots.len());
+        // Names are unique among slots: building in name order sorts the plan without moving
+        // whole placeholders around.
+        let mut in_order: Vec<usize> = (0..self.slots.len()).collect();
+        in_order.sort_unstable_by(|&a, &b| self.slots[a].name.cmp(&self.slots[b].name));
+        let mut slots: Vec<Option<Slot<'_>>> = std::mem::take(&mut self.slots).into_iter().map(Some).collect();
+        let mut placeholders = Vec::with_capacity(slots.len());
         let mut delete = Vec::new();
-        // Slots are consumed: what they own moves into the plan; what they borrow is copied.
-        for slot in self.slots {
+        for i in in_order {
+            let Some(slot) = slots[i].take() else { continue };
             if slot.existing && slot.users.is_empty() && slot.pinned_pods.is_empty() {
-                delete.push(slot.name.into_owned());
+                delete.push(slot.name);
                 continue;
             }
             let mut owners: Vec<Owner> = slot
@@ -560,13 +593,10 @@ impl<'a> Builder<'a> {
                 })
                 .collect();
             owners.sort();
-            let run_modes: BTreeMap<String, Mode> = slot
+            let run_modes: BTreeMap<Name, Mode> = slot
                 .users
                 .iter()
-                .filter_map(|&u| {
-                    let uid = &state.runs[u].uid;
-                    Some((uid.clone(), slot.mode_of(uid)?))
-                })
+                .filter_map(|&u| Some((state.runs[u].uid.clone(), self.recorded_mode(&slot, u)?)))
                 .collect();
             let create = (!slot.existing).then(|| {
                 let scheduling = slot.creator.map(|c| &state.runs[c].scheduling).unwrap_or(&NO_SCHEDULING);
@@ -579,7 +609,7 @@ impl<'a> Builder<'a> {
                 NewPlaceholder { scheduling: scheduling.clone(), anti_affinity }
             });
             placeholders.push(PlannedPlaceholder {
-                name: slot.name.into_owned(),
+                name: slot.name,
                 claims: slot.claims.into_set(),
                 mode: slot.mode,
                 owners,
@@ -590,8 +620,6 @@ impl<'a> Builder<'a> {
                 create,
             });
         }
-        placeholders.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        delete.sort();
         Plan {
             namespace: state.namespace.to_string(),
             runs,

@@ -380,7 +380,7 @@ impl PipelineRun {
             .spec
             .workspaces
             .iter()
-            .map(|b| Binding { workspace: b.name.clone(), source: self.claim_source(b) })
+            .map(|b| Binding { workspace: b.name.as_str().into(), source: self.claim_source(b) })
             .collect();
         let overrides: BTreeMap<&str, &PodTemplate> = self
             .spec
@@ -406,8 +406,8 @@ impl PipelineRun {
         Ok(Run {
             engine: "tekton",
             namespace: self.metadata.namespace.clone().unwrap_or_default(),
-            name: self.name().to_string(),
-            uid: self.uid().to_string(),
+            name: self.name().into(),
+            uid: self.uid().into(),
             api_version: API_VERSION.into(),
             kind: KIND_PIPELINE_RUN.into(),
             created: self.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
@@ -428,10 +428,10 @@ impl PipelineRun {
 
     fn claim_source(&self, b: &WorkspaceBinding) -> ClaimSource {
         if let Some(c) = b.persistent_volume_claim.as_ref().filter(|c| !c.claim_name.is_empty()) {
-            ClaimSource::Claim(c.claim_name.clone())
+            ClaimSource::Claim(c.claim_name.as_str().into())
         } else if let Some(t) = &b.volume_claim_template {
             ClaimSource::Template {
-                claim: template_claim_name(t.metadata.as_ref().map(|m| m.name.as_str()), &b.name, self.uid()),
+                claim: template_claim_name(t.metadata.as_ref().map(|m| m.name.as_str()), &b.name, self.uid()).into(),
                 access_modes: t.spec.as_ref().map(|s| s.access_modes.clone()).unwrap_or_default(),
             }
         } else {
