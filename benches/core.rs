@@ -226,7 +226,7 @@ fn worker_node() -> NodeInfo {
 fn pin_pod(bytes: &[u8], plan: &Plan) -> Vec<u8> {
     let pod: TaskPod = serde_json::from_slice(bytes).expect("task pod parses");
     match decide(&pod, plan, true) {
-        Decision::Pin(pin) => serde_json::to_vec(&pin.patch).expect("patch serialises"),
+        Decision::Pin(pin) => pin.patch_json().expect("patch serialises"),
         Decision::Skip(s) => panic!("expected a pin, got {:?}: {}", s.reason, s.message),
     }
 }
@@ -237,7 +237,7 @@ fn pin_review(bytes: &[u8], plan: &Plan) -> Vec<u8> {
     let object = review.pointer_mut("/request/object").map(Value::take).expect("request.object");
     let pod = TaskPod::deserialize(object).expect("task pod parses");
     match decide(&pod, plan, true) {
-        Decision::Pin(pin) => serde_json::to_vec(&pin.patch).expect("patch serialises"),
+        Decision::Pin(pin) => pin.patch_json().expect("patch serialises"),
         Decision::Skip(s) => panic!("expected a pin, got {:?}: {}", s.reason, s.message),
     }
 }

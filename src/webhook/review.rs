@@ -319,7 +319,7 @@ fn handle_unreadable(body: &[u8]) -> Admission {
 }
 
 fn pinned(uid: &str, pod: &TaskPod, pin: &Pin, dry_run: bool) -> Admission {
-    let patch = match serde_json::to_vec(&pin.patch) {
+    let patch = match pin.patch_json() {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "could not serialise the JSONPatch; pod not pinned");
