@@ -224,7 +224,7 @@ fn worker_node() -> NodeInfo {
 
 /// Webhook path: raw pod bytes -> decision -> patch bytes.
 fn pin_pod(bytes: &[u8], plan: &Plan) -> Vec<u8> {
-    let pod: TaskPod = serde_json::from_slice(bytes).expect("task pod parses");
+    let pod = TaskPod::from_json(bytes).expect("task pod parses");
     match decide(&pod, plan, true) {
         Decision::Pin(pin) => pin.patch_json().expect("patch serialises"),
         Decision::Skip(s) => panic!("expected a pin, got {:?}: {}", s.reason, s.message),
@@ -244,7 +244,7 @@ fn pin_review(bytes: &[u8], plan: &Plan) -> Vec<u8> {
 
 /// Checked once, outside timing: the benchmarks measure a pin, not a cheap skip.
 fn assert_pins(bytes: &[u8], plan: &Plan, expect_placeholder: &str) {
-    let pod: TaskPod = serde_json::from_slice(bytes).expect("task pod parses");
+    let pod = TaskPod::from_json(bytes).expect("task pod parses");
     match decide(&pod, plan, true) {
         Decision::Pin(pin) => {
             assert_eq!(pin.run, "build-1");

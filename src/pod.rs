@@ -70,6 +70,11 @@ pub struct ClaimVolume {
 }
 
 impl TaskPod {
+    /// Reads a pod from JSON bytes (the webhook's way: [`crate::engine::from_json_slice`]).
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<TaskPod> {
+        crate::engine::from_json_slice(bytes)
+    }
+
     /// Reads a pod from JSON, naming the offending field on error.
     pub fn from_value(value: &serde_json::Value) -> Result<TaskPod, crate::engine::ParseError> {
         crate::engine::from_value("Pod", value)

@@ -113,7 +113,7 @@ struct ResponseOut<'a> {
 
 /// Answers one AdmissionReview. Never fails, never panics (a panicking decider is caught).
 pub async fn handle_review<D: Decider>(body: &[u8], decider: &D, options: ReviewOptions) -> Admission {
-    match serde_json::from_slice::<ReviewIn<TaskPod>>(body) {
+    match crate::engine::from_json_slice::<ReviewIn<TaskPod>>(body) {
         Ok(review) => handle_parsed(review, decider, options).await,
         Err(_) => handle_unreadable(body),
     }
