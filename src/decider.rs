@@ -47,9 +47,9 @@ impl CacheDecider {
     }
 
     /// The cache missed the pod's run or one of its claims: read them once and decide again.
-    async fn decide_after_lookup(&self, pod: &TaskPod, plan: &Plan, first: Decision, alive: bool) -> Decision {
+    async fn decide_after_lookup(&self, pod: &TaskPod<'_>, plan: &Plan, first: Decision, alive: bool) -> Decision {
         let Some(client) = self.client.clone() else { return first };
-        let ns = pod.metadata.namespace.as_str();
+        let ns: &str = &pod.metadata.namespace;
         let Some(run_ref) = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata)) else {
             return first;
         };
@@ -95,7 +95,7 @@ impl CacheDecider {
 }
 
 impl Decider for CacheDecider {
-    async fn decide(&self, pod: &TaskPod) -> Decision {
+    async fn decide(&self, pod: &TaskPod<'_>) -> Decision {
         let alive = self.controller_alive();
         let plan = self.caches.plan(&pod.metadata.namespace);
         let first = core::decide(pod, &plan, alive);

@@ -199,7 +199,7 @@ pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPo
         .get(names::ANNOTATION_CLAIMS)
         .map(|c| c.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
         .unwrap_or_default();
-    let meta = crate::pod::PodMeta { labels: labels.clone(), ..Default::default() };
+    let meta = crate::pod::PodMeta { labels: crate::pod::borrowed_map(labels), ..Default::default() };
     let run_uid = crate::engine::engines().iter().find_map(|e| e.pod_run(&meta)).and_then(|r| r.uid);
     let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
     Some(PinnedPod { name, run_uid, placeholder: placeholder.clone(), claims })

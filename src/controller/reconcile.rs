@@ -451,7 +451,7 @@ async fn surface_task_pods(ctx: &Context, namespace: &str, plan: &Plan, placehol
         }
         let labels = pod.labels();
         let Some(run_ref_) = crate::engine::engines().iter().find_map(|e| {
-            let meta = crate::pod::PodMeta { labels: labels.clone(), ..Default::default() };
+            let meta = crate::pod::PodMeta { labels: crate::pod::borrowed_map(labels), ..Default::default() };
             e.pod_run(&meta)
         }) else {
             continue;

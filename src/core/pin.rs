@@ -143,7 +143,7 @@ pub fn is_pin_term(term: &PodAffinityTerm) -> bool {
 /// "pod ns/name", formatted only when a message is built: pinning needs no message.
 struct Who<'a> {
     namespace: &'a str,
-    pod: &'a crate::pod::PodMeta,
+    pod: &'a crate::pod::PodMeta<'a>,
 }
 
 impl std::fmt::Display for Who<'_> {

@@ -650,8 +650,12 @@ pub fn run_enabled(run: &Run) -> Result<bool, String> {
 
 /// `affinity-assistant.dev/enabled` on a run or pod; an unreadable value is an error (the
 /// user meant something: the add-on keeps its hands off).
-pub fn annotation_enabled(annotations: &BTreeMap<String, String>) -> Result<bool, String> {
-    match annotations.get(names::ANNOTATION_ENABLED) {
+pub fn annotation_enabled<K, V>(annotations: &BTreeMap<K, V>) -> Result<bool, String>
+where
+    K: std::borrow::Borrow<str> + Ord,
+    V: AsRef<str>,
+{
+    match annotations.get(names::ANNOTATION_ENABLED).map(AsRef::as_ref) {
         None => Ok(true),
         Some(v) => {
             parse_bool(v).map_err(|allowed| format!("annotation {}: {v:?}: {allowed}", names::ANNOTATION_ENABLED))

@@ -57,7 +57,7 @@ pub enum ParseError {
 }
 
 /// Deserialises `value` into `T`, naming the offending field on error.
-pub fn from_value<T: serde::de::DeserializeOwned>(kind: &str, value: &serde_json::Value) -> Result<T, ParseError> {
+pub fn from_value<'a, T: serde::Deserialize<'a>>(kind: &str, value: &'a serde_json::Value) -> Result<T, ParseError> {
     serde_path_to_error::deserialize(value).map_err(|e| ParseError::Field {
         kind: kind.to_string(),
         path: e.path().to_string(),

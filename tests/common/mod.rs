@@ -170,7 +170,7 @@ pub fn pod_json(run: &Run, task: &str, claims: &[&str]) -> Value {
     })
 }
 
-pub fn pod(run: &Run, task: &str, claims: &[&str]) -> TaskPod {
+pub fn pod(run: &Run, task: &str, claims: &[&str]) -> TaskPod<'static> {
     TaskPod::from_value(&pod_json(run, task, claims)).expect("valid pod")
 }
 
