@@ -93,8 +93,8 @@ pub fn access_verdict(modes: &[String]) -> Result<(), IgnoreReason> {
     }
 }
 
-/// The run's claims, managed or not, each claim once.
-pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: MissingClaims) -> RunClaims {
+/// The run's claims, managed or not, each claim once. `pvc` finds a claim's PVC by name.
+pub fn run_claims<'p>(run: &Run, pvc: impl Fn(&str) -> Option<&'p ClaimInfo>, missing: MissingClaims) -> RunClaims {
     let mut out = RunClaims::default();
     for b in &run.bindings {
         let Some(claim) = b.source.claim_name() else {
@@ -109,7 +109,7 @@ pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: Missin
             m.workspaces.push(b.workspace.clone());
             continue;
         }
-        let verdict = match (pvcs.get(claim.as_str()), &b.source) {
+        let verdict = match (pvc(claim), &b.source) {
             (Some(pvc), _) => access_verdict(pvc.access_modes()).map(|_| AccessSource::Claim),
             (None, ClaimSource::Template { access_modes, .. }) => {
                 access_verdict(access_modes).map(|_| AccessSource::Template)
@@ -155,7 +155,8 @@ fn task_claim_refs(run: &Run) -> Vec<(&str, BTreeSet<&str>)> {
 /// uses get none. Per-run modes: one group with every managed claim, even an empty one.
 pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTreeSet<String>> {
     let managed: Vec<&str> = managed.iter().map(String::as_str).collect();
-    let (labels, count) = group_labels(run, &managed, mode);
+    let mut labels = Vec::new();
+    let count = group_labels(run, &managed, mode, &mut labels, &mut Vec::new());
     (0..count)
         .map(|g| managed.iter().zip(&labels).filter(|&(_, l)| *l == Some(g)).map(|(c, _)| c.to_string()).collect())
         .collect()
@@ -163,13 +164,22 @@ pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTre
 
 /// [`run_groups`] as a label per claim, for the plan (which walks the groups over borrowed
 /// names): `managed` is sorted and each claim once, as a `BTreeSet` iterates; claim `i` is in
-/// group `labels[i]` (`None`: in no group), groups numbered `0..count` in `BTreeSet` order.
-pub(crate) fn group_labels<C>(run: &Run, managed: &[&C], mode: Mode) -> (Vec<Option<usize>>, usize)
+/// group `labels[i]` (`None`: in no group), groups numbered `0..count` (returned) in `BTreeSet`
+/// order. `parent` is working space; both buffers are the caller's, to be reused.
+pub(crate) fn group_labels<C>(
+    run: &Run,
+    managed: &[&C],
+    mode: Mode,
+    labels: &mut Vec<Option<usize>>,
+    parent: &mut Vec<usize>,
+) -> usize
 where
     C: Borrow<str> + ?Sized,
 {
+    labels.clear();
     if mode.per_run() {
-        return (vec![Some(0); managed.len()], 1);
+        labels.resize(managed.len(), Some(0));
+        return 1;
     }
     // Union-find over indices into `managed`, each root the smallest index of its group.
     fn root(parent: &mut [usize], mut i: usize) -> usize {
@@ -179,8 +189,9 @@ where
         }
         i
     }
-    let mut parent: Vec<usize> = (0..managed.len()).collect();
-    let mut labels: Vec<Option<usize>> = vec![None; managed.len()];
+    parent.clear();
+    parent.extend(0..managed.len());
+    labels.resize(managed.len(), None);
     for task in &run.tasks {
         let mut first = None;
         for_each_task_claim(run, task.workspaces.as_deref(), |c| {
@@ -191,7 +202,7 @@ where
                 first = Some(i);
                 return;
             };
-            let (a, b) = (root(&mut parent, f), root(&mut parent, i));
+            let (a, b) = (root(parent, f), root(parent, i));
             parent[a.max(b)] = a.min(b);
         });
     }
@@ -202,7 +213,7 @@ where
         if labels[i].is_none() {
             continue;
         }
-        let r = root(&mut parent, i);
+        let r = root(parent, i);
         labels[i] = if r == i {
             count += 1;
             Some(count - 1)
@@ -210,7 +221,7 @@ where
             labels[r]
         };
     }
-    (labels, count)
+    count
 }
 
 /// Calls `f` with each claim a task mounts (a claim bound to two workspaces may come twice):

@@ -225,10 +225,15 @@ struct Scratch<'a> {
     remainder: Vec<&'a Name>,
     targets: Vec<usize>,
     name: String,
+    labels: Vec<Option<usize>>,
+    parent: Vec<usize>,
 }
 
 struct Builder<'a> {
     state: &'a NamespaceState<'a>,
+    /// The state's PVCs by name: looked up once per binding, cheaper hashed than in a tree
+    /// of a thousand strings.
+    pvcs: HashMap<&'a str, &'a ClaimInfo>,
     slots: Vec<Slot<'a>>,
     by_name: HashMap<Name, usize>,
     holder: HashMap<&'a str, usize>,
@@ -249,6 +254,7 @@ struct Builder<'a> {
 pub fn plan(state: &NamespaceState<'_>) -> Plan {
     let mut b = Builder {
         state,
+        pvcs: state.claims.iter().map(|(name, pvc)| (name.as_str(), pvc)).collect(),
         slots: Vec::with_capacity(state.placeholders.len() + state.runs.len()),
         by_name: HashMap::with_capacity(state.placeholders.len() + state.runs.len()),
         holder: HashMap::with_capacity(state.claims.len()),
@@ -403,7 +409,7 @@ impl<'a> Builder<'a> {
     fn plan_run(&mut self, ri: usize, seq: usize) -> RunPlan {
         let state = self.state;
         let run = &state.runs[ri];
-        let run_claims = claims::run_claims(run, state.claims, state.missing_claims);
+        let run_claims = claims::run_claims(run, |c| self.pvcs.get(c).copied(), state.missing_claims);
         let mut warnings = Vec::new();
         // Empty unless the add-on is disabled (see `owned_by`).
         let owned: Vec<usize> = self.owned_by.get(run.uid.as_str()).cloned().unwrap_or_default();
@@ -455,10 +461,10 @@ impl<'a> Builder<'a> {
         );
         s.managed.sort_unstable();
         s.managed.dedup();
-        let (labels, groups) = claims::group_labels(run, &s.managed, mode);
+        let groups = claims::group_labels(run, &s.managed, mode, &mut s.labels, &mut s.parent);
         for g in 0..groups {
             s.group.clear();
-            s.group.extend(s.managed.iter().zip(&labels).filter(|&(_, l)| *l == Some(g)).map(|(&c, _)| c));
+            s.group.extend(s.managed.iter().zip(&s.labels).filter(|&(_, l)| *l == Some(g)).map(|(&c, _)| c));
             let group = &s.group;
             s.targets.clear();
             s.remainder.clear();
