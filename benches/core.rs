@@ -5,7 +5,11 @@
 //! - `namespace_plan`: what the controller does per reconcile of a namespace. Target: < 5 ms
 //!   for 1,000 active runs.
 //!
-//! Run with `hack/bench.sh` (or `cargo bench --bench core -- --noplot`).
+//! Run with `hack/bench.sh` (or `cargo bench --bench core -- --noplot`). For instruction counts,
+//! which a busy machine does not disturb, see [`fixed_count`]:
+//! `AA_BENCH_COUNT=pod_json:200 valgrind --tool=callgrind --toggle-collect='*measured*' <bench binary>`.
+//! (Under valgrind sha2 falls back to its portable code: SHA-NI is hidden, so hashing weighs
+//! more there than on the machine.)
 
 use affinity_assistant::config::Config;
 use affinity_assistant::core::{Decision, MissingClaims, NamespaceState, Plan, decide, plan};
@@ -14,7 +18,7 @@ use affinity_assistant::model::{
     Binding, ClaimInfo, ClaimSource, ExistingPlaceholder, NodeInfo, OwnerRun, Run, RunPhase, Scheduling, TaskUsage,
 };
 use affinity_assistant::pod::TaskPod;
-use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group};
 use k8s_openapi::api::core::v1::Taint;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -88,10 +92,10 @@ fn active_run(name: String, uid: String, created: String, bindings: Vec<Binding>
     Run {
         engine: "tekton",
         namespace: NAMESPACE.to_string(),
-        name,
-        uid,
-        api_version: "tekton.dev/v1".to_string(),
-        kind: "PipelineRun".to_string(),
+        name: name.into(),
+        uid: uid.into(),
+        api_version: "tekton.dev/v1".into(),
+        kind: "PipelineRun".into(),
         created: Some(created),
         annotations: BTreeMap::new(),
         phase: RunPhase::Active,
@@ -103,7 +107,7 @@ fn active_run(name: String, uid: String, created: String, bindings: Vec<Binding>
 }
 
 fn bind(workspace: &str, claim: String) -> Binding {
-    Binding { workspace: workspace.to_string(), source: ClaimSource::Claim(claim) }
+    Binding { workspace: workspace.into(), source: ClaimSource::Claim(claim.into()) }
 }
 
 /// `build-1` as the Tekton adapter reads it: the run the task pod in tests/data belongs to.
@@ -220,9 +224,9 @@ fn worker_node() -> NodeInfo {
 
 /// Webhook path: raw pod bytes -> decision -> patch bytes.
 fn pin_pod(bytes: &[u8], plan: &Plan) -> Vec<u8> {
-    let pod: TaskPod = serde_json::from_slice(bytes).expect("task pod parses");
+    let pod = TaskPod::from_json(bytes).expect("task pod parses");
     match decide(&pod, plan, true) {
-        Decision::Pin(pin) => serde_json::to_vec(&pin.patch).expect("patch serialises"),
+        Decision::Pin(pin) => pin.patch_json().expect("patch serialises"),
         Decision::Skip(s) => panic!("expected a pin, got {:?}: {}", s.reason, s.message),
     }
 }
@@ -233,14 +237,14 @@ fn pin_review(bytes: &[u8], plan: &Plan) -> Vec<u8> {
     let object = review.pointer_mut("/request/object").map(Value::take).expect("request.object");
     let pod = TaskPod::deserialize(object).expect("task pod parses");
     match decide(&pod, plan, true) {
-        Decision::Pin(pin) => serde_json::to_vec(&pin.patch).expect("patch serialises"),
+        Decision::Pin(pin) => pin.patch_json().expect("patch serialises"),
         Decision::Skip(s) => panic!("expected a pin, got {:?}: {}", s.reason, s.message),
     }
 }
 
 /// Checked once, outside timing: the benchmarks measure a pin, not a cheap skip.
 fn assert_pins(bytes: &[u8], plan: &Plan, expect_placeholder: &str) {
-    let pod: TaskPod = serde_json::from_slice(bytes).expect("task pod parses");
+    let pod = TaskPod::from_json(bytes).expect("task pod parses");
     match decide(&pod, plan, true) {
         Decision::Pin(pin) => {
             assert_eq!(pin.run, "build-1");
@@ -363,5 +367,67 @@ fn namespace_plan(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fixed-count mode, for instruction counts
+// ---------------------------------------------------------------------------------------------
+
+/// `AA_BENCH_COUNT=<case>[:<iterations>]` runs one case a fixed number of times instead of
+/// criterion, so that `valgrind --tool=callgrind --toggle-collect='*measured*'` counts the same
+/// work on every run (wall-clock figures on a busy machine are too noisy to compare). Cases:
+/// `pod_json`, `pod_json_placeholder_on_node`, `admission_review`, `plan_fresh_<n>`,
+/// `plan_existing_<n>`.
+fn fixed_count(spec: &str) {
+    let (case, iterations) = match spec.split_once(':') {
+        Some((case, n)) => (case, n.parse().expect("AA_BENCH_COUNT=<case>:<iterations>")),
+        None => (spec, 100u32),
+    };
+    let config = Config::default();
+    let workload: Box<dyn Fn()> = if let Some(rest) = case.strip_prefix("plan_") {
+        let (which, n) = rest.split_once('_').expect("plan_fresh_<n> or plan_existing_<n>");
+        let (runs, claims) = namespace_fixture(n.parse().expect("run count"));
+        let first = plan(&namespace_state(&config, &runs, &claims, &[]));
+        let existing = match which {
+            "fresh" => Vec::new(),
+            "existing" => as_existing(&first, &worker_node()),
+            other => panic!("unknown plan case {other}"),
+        };
+        Box::new(move || {
+            black_box(plan(black_box(&namespace_state(&config, &runs, &claims, &existing))));
+        })
+    } else {
+        let (runs, claims) = decision_fixture();
+        let fresh = plan(&namespace_state(&config, &runs, &claims, &[]));
+        let the_plan = match case {
+            "pod_json" | "admission_review" => fresh,
+            "pod_json_placeholder_on_node" => {
+                plan(&namespace_state(&config, &runs, &claims, &as_existing(&fresh, &worker_node())))
+            }
+            other => panic!("unknown case {other}"),
+        };
+        let input = if case == "admission_review" { ADMISSION_REVIEW } else { TASK_POD };
+        let pin: fn(&[u8], &Plan) -> Vec<u8> = if case == "admission_review" { pin_review } else { pin_pod };
+        Box::new(move || {
+            black_box(pin(black_box(input), black_box(&the_plan)));
+        })
+    };
+    measured(iterations, &*workload);
+}
+
+#[inline(never)]
+fn measured(iterations: u32, workload: &dyn Fn()) {
+    for _ in 0..iterations {
+        workload();
+    }
+}
+
 criterion_group!(benches, pod_decision, namespace_plan);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("AA_BENCH_COUNT") {
+        Ok(spec) => fixed_count(&spec),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}

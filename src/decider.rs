@@ -50,9 +50,9 @@ impl CacheDecider {
     /// A new run's pod can beat both the run and its claims (a volumeClaimTemplate's PVC is
     /// created just before the pod) to the caches, so a fetched run's missing claims are
     /// fetched too.
-    async fn decide_after_lookup(&self, pod: &TaskPod, plan: Arc<Plan>, first: Decision, alive: bool) -> Decision {
+    async fn decide_after_lookup(&self, pod: &TaskPod<'_>, plan: Arc<Plan>, first: Decision, alive: bool) -> Decision {
         let Some(client) = self.client.clone() else { return first };
-        let ns = pod.metadata.namespace.as_str();
+        let ns: &str = &pod.metadata.namespace;
         let Some(run_ref) = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata)) else {
             return first;
         };
@@ -78,7 +78,7 @@ impl CacheDecider {
                 r.ignored
                     .iter()
                     .filter(|i| i.reason == IgnoreReason::Missing)
-                    .filter_map(|i| i.claim.clone())
+                    .filter_map(|i| i.claim.as_ref().map(|c| c.to_string()))
                     .filter(|c| pod.claims().contains(&c.as_str()))
                     .collect()
             })
@@ -101,7 +101,7 @@ impl CacheDecider {
 }
 
 impl Decider for CacheDecider {
-    async fn decide(&self, pod: &TaskPod) -> Decision {
+    async fn decide(&self, pod: &TaskPod<'_>) -> Decision {
         let alive = self.controller_alive();
         let plan = self.caches.plan(&pod.metadata.namespace);
         let first = core::decide(pod, &plan, alive);

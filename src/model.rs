@@ -4,7 +4,120 @@
 //! engine's own types. Everything here is plain data: cheap to build, compare and clone.
 
 use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, NodeSelector, Taint, Toleration};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// A name (of a run, claim, workspace or placeholder), shared rather than copied: a plan
+/// repeats names in owner references, holders and per-run modes, and cloning a `Name` counts a
+/// reference instead of allocating. It compares, orders, hashes and prints as its `str`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Name {
+        Name(s.as_str().into())
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0.to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
 
 /// Where a run is in its life, as far as placeholders care.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +138,11 @@ pub struct Run {
     /// Engine name, e.g. `tekton`.
     pub engine: &'static str,
     pub namespace: String,
-    pub name: String,
-    pub uid: String,
+    pub name: Name,
+    pub uid: Name,
     /// `apiVersion` and `kind` for owner references.
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: Name,
+    pub kind: Name,
     /// RFC 3339 creation time: the order in which runs claim placeholders.
     pub created: Option<String>,
     /// Run annotations, already merged with its pipeline's (run wins).
@@ -46,22 +159,26 @@ pub struct Run {
 /// A workspace binding of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
-    pub workspace: String,
+    pub workspace: Name,
     pub source: ClaimSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimSource {
     /// An existing PVC, by name.
-    Claim(String),
+    Claim(Name),
     /// A PVC the engine creates per run from a template.
-    Template { claim: String, access_modes: Vec<String> },
+    Template { claim: Name, access_modes: Vec<String> },
     /// emptyDir, configMap, secret, projected, csi: nothing to hold.
     Other,
 }
 
 impl ClaimSource {
     pub fn claim(&self) -> Option<&str> {
+        self.claim_name().map(Name::as_str)
+    }
+
+    pub fn claim_name(&self) -> Option<&Name> {
         match self {
             ClaimSource::Claim(c) | ClaimSource::Template { claim: c, .. } => Some(c),
             ClaimSource::Other => None,
@@ -152,20 +269,20 @@ pub struct NodeInfo {
 /// A run that owns a placeholder (from its owner references).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OwnerRun {
-    pub name: String,
-    pub uid: String,
+    pub name: Name,
+    pub uid: Name,
 }
 
 /// A placeholder that exists in the cluster.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ExistingPlaceholder {
-    pub name: String,
-    pub claims: BTreeSet<String>,
+    pub name: Name,
+    pub claims: BTreeSet<Name>,
     pub owners: Vec<OwnerRun>,
     /// The mode that created it (its annotation).
     pub mode: Option<crate::config::Mode>,
     /// The mode each run it serves was first seen with, by run uid.
-    pub run_modes: BTreeMap<String, crate::config::Mode>,
+    pub run_modes: BTreeMap<Name, crate::config::Mode>,
     /// Its pod's node selector (for pods checked before it is bound).
     pub node_selector: BTreeMap<String, String>,
     /// The node its pod is bound to.

@@ -68,21 +68,23 @@ pub fn placeholder_labels(id: &str) -> [(&'static str, String); 4] {
 /// First `len` hex digits of sha256 over `parts`, each followed by a NUL so that
 /// `["ab", "c"]` and `["a", "bc"]` differ.
 pub fn short_hash<'a>(parts: impl IntoIterator<Item = &'a str>, len: usize) -> String {
+    let mut out = String::with_capacity(len);
+    push_short_hash(&mut out, parts, len);
+    out
+}
+
+/// [`short_hash`], appended to `out`: names are built in one buffer.
+fn push_short_hash<'a>(out: &mut String, parts: impl IntoIterator<Item = &'a str>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
         h.update([0u8]);
     }
     let digest = h.finalize();
-    let mut out = String::with_capacity(len);
-    for b in digest.iter() {
-        if out.len() >= len {
-            break;
-        }
-        out.push_str(&format!("{b:02x}"));
+    for nibble in digest.iter().flat_map(|b| [b >> 4, b & 0xf]).take(len) {
+        out.push(char::from(HEX[usize::from(nibble)]));
     }
-    out.truncate(len);
-    out
 }
 
 /// What a placeholder's name is derived from.
@@ -102,30 +104,63 @@ pub enum NameSeed<'a> {
 /// Deterministic DNS-1123 label of at most [`MAX_PLACEHOLDER_NAME`] characters:
 /// `aa-<readable part>-<10 hex>`.
 pub fn placeholder_name(seed: NameSeed<'_>) -> String {
-    let (readable, hash) = match seed {
-        NameSeed::Claims(claims) => {
-            let first = claims.iter().next().map(String::as_str).unwrap_or("");
-            let mut parts = vec!["claims"];
-            parts.extend(claims.iter().map(String::as_str));
-            (first, short_hash(parts, HASH_LEN))
-        }
-        NameSeed::Run { name, uid } => (name, short_hash(["run", uid], HASH_LEN)),
-    };
+    let mut out = String::with_capacity(MAX_PLACEHOLDER_NAME);
+    push_placeholder_name(&mut out, seed);
+    out
+}
+
+/// [`placeholder_name`], appended to `out`: the plan builds every name in one buffer.
+pub fn push_placeholder_name(out: &mut String, seed: NameSeed<'_>) {
+    match seed {
+        NameSeed::Claims(claims) => push_claims_placeholder_name(out, claims.iter().map(String::as_str)),
+        NameSeed::Run { name, uid } => push_name(out, name, ["run", uid]),
+    }
+}
+
+/// [`placeholder_name`] of [`NameSeed::Claims`] for claims given as `&str`, in the order a
+/// `BTreeSet<String>` of them iterates (sorted, each once): the plan holds borrowed names.
+pub fn claims_placeholder_name<'a>(claims: impl IntoIterator<Item = &'a str> + Clone) -> String {
+    let mut out = String::with_capacity(MAX_PLACEHOLDER_NAME);
+    push_claims_placeholder_name(&mut out, claims);
+    out
+}
+
+/// [`claims_placeholder_name`], appended to `out`.
+pub fn push_claims_placeholder_name<'a>(out: &mut String, claims: impl IntoIterator<Item = &'a str> + Clone) {
+    let first = claims.clone().into_iter().next().unwrap_or("");
+    push_name(out, first, std::iter::once("claims").chain(claims))
+}
+
+fn push_name<'a>(out: &mut String, readable: &str, hashed: impl IntoIterator<Item = &'a str>) {
     let room = MAX_PLACEHOLDER_NAME - NAME_PREFIX.len() - 1 - HASH_LEN;
-    let readable = sanitize_label(readable, room);
-    if readable.is_empty() { format!("{NAME_PREFIX}{hash}") } else { format!("{NAME_PREFIX}{readable}-{hash}") }
+    out.push_str(NAME_PREFIX);
+    if push_sanitized(out, readable, room) {
+        out.push('-');
+    }
+    push_short_hash(out, hashed, HASH_LEN);
 }
 
 /// Lowercases, maps every character outside `[a-z0-9-]` to `-`, truncates to `max` and trims
 /// dashes at both ends, so the result can sit inside a DNS-1123 label.
 pub fn sanitize_label(s: &str, max: usize) -> String {
-    let mapped: String = s
-        .chars()
-        .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
-        .take(max)
-        .collect();
-    mapped.trim_matches('-').to_string()
+    let mut out = String::new();
+    push_sanitized(&mut out, s, max);
+    out
+}
+
+/// [`sanitize_label`], appended to `out`; whether it appended anything.
+fn push_sanitized(out: &mut String, s: &str, max: usize) -> bool {
+    let start = out.len();
+    out.extend(s.chars().take(max).map(|c| {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' }
+    }));
+    // Everything pushed is ASCII, so these byte offsets are character boundaries.
+    let end = start + out[start..].trim_end_matches('-').len();
+    out.truncate(end);
+    let leading = out[start..].len() - out[start..].trim_start_matches('-').len();
+    out.drain(start..start + leading);
+    out.len() > start
 }
 
 /// RFC 1123 label: 1-63 of `[a-z0-9-]`, alphanumeric at both ends.
@@ -198,6 +233,21 @@ mod tests {
         assert_eq!(placeholder_name(NameSeed::Claims(&a)), placeholder_name(NameSeed::Claims(&b)));
         assert_ne!(placeholder_name(NameSeed::Claims(&a)), placeholder_name(NameSeed::Claims(&c)));
         assert!(placeholder_name(NameSeed::Claims(&c)).starts_with("aa-a-"));
+    }
+
+    /// Names are public API: a running pipeline's placeholder must keep its name across
+    /// upgrades. Expected values computed independently (sha256 of the NUL-terminated parts).
+    #[test]
+    fn names_are_stable() {
+        let set = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        let claims = |c: &[&str]| placeholder_name(NameSeed::Claims(&set(c)));
+        assert_eq!(claims(&["source-pvc", "cache-pvc"]), "aa-cache-pvc-56f38e0a2f");
+        assert_eq!(claims_placeholder_name(["cache-pvc", "source-pvc"]), "aa-cache-pvc-56f38e0a2f");
+        assert_eq!(claims(&["--Über_Claim--"]), "aa-ber-claim-39186755b3");
+        assert_eq!(claims(&[]), "aa-a2902f4646");
+        assert_eq!(claims(&[&"x".repeat(60)]), format!("aa-{}-b343a3d7cd", "x".repeat(38)));
+        let run = placeholder_name(NameSeed::Run { name: "build-1", uid: "0d8f1a2b-0000-4000-8000-000000000001" });
+        assert_eq!(run, "aa-build-1-fbe9f32b47");
     }
 
     #[test]

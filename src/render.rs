@@ -13,10 +13,11 @@ use crate::engine::ParseError;
 use crate::engine::tekton::{self, Pipeline, PipelineRun};
 use crate::model::{ClaimInfo, Run};
 use crate::names;
-use crate::pod::{ClaimVolume, PodMeta, PodSpecView, TaskPod, VolumeView};
+use crate::pod::{ClaimVolume, PodMeta, PodSpecView, StrMap, TaskPod, VolumeView, borrowed_map};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -126,7 +127,7 @@ struct Inputs {
     runs: Vec<(PipelineRun, String)>,
     pipelines: Vec<Pipeline>,
     pvcs: Vec<(String, ClaimInfo)>,
-    pods: Vec<TaskPod>,
+    pods: Vec<TaskPod<'static>>,
     config: Option<(String, BTreeMap<String, String>)>,
     tekton_flags: Option<BTreeMap<String, String>>,
 }
@@ -350,7 +351,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
                     let claims: Vec<String> = claims.into_iter().collect();
                     let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_ref());
                     PodOutcome {
-                        run: run.name.clone(),
+                        run: run.name.to_string(),
                         task: task.to_string(),
                         claims,
                         decision: core::decide(&pod, plan, true),
@@ -363,7 +364,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             .iter()
             .filter(|p| pod_namespace(p) == ns)
             .map(|pod| PodOutcome {
-                run: pod.metadata.labels.get(tekton::LABEL_PIPELINE_RUN).cloned().unwrap_or_default(),
+                run: pod.metadata.labels.get(tekton::LABEL_PIPELINE_RUN).map(|r| r.to_string()).unwrap_or_default(),
                 task: pod.metadata.display_name(),
                 claims: pod.claims().into_iter().map(String::from).collect(),
                 decision: core::decide(pod, &plan, true),
@@ -374,45 +375,45 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
     Ok(Report { namespaces: reports, notes, config })
 }
 
-fn pod_namespace(pod: &TaskPod) -> &str {
+fn pod_namespace<'p>(pod: &'p TaskPod<'_>) -> &'p str {
     if pod.metadata.namespace.is_empty() { "default" } else { &pod.metadata.namespace }
 }
 
 /// The pod Tekton would create for a pipeline task: its labels, the run's annotations, a PVC
 /// volume per claim, and the run's pod template overlaid with the task's.
-fn task_pod(
-    run: &Run,
+fn task_pod<'r>(
+    run: &'r Run,
     task: &str,
     finally: bool,
     claims: &[String],
     over: Option<&crate::model::Scheduling>,
-) -> TaskPod {
+) -> TaskPod<'r> {
     let scheduling = over.map(|o| run.scheduling.overlaid(o)).unwrap_or_else(|| run.scheduling.clone());
-    let labels: BTreeMap<String, String> = [
-        (tekton::LABEL_PIPELINE_RUN, run.name.clone()),
-        (tekton::LABEL_PIPELINE_RUN_UID, run.uid.clone()),
+    let labels: StrMap<'r> = [
+        (tekton::LABEL_PIPELINE_RUN, run.name.to_string()),
+        (tekton::LABEL_PIPELINE_RUN_UID, run.uid.to_string()),
         (tekton::LABEL_PIPELINE_TASK, task.to_string()),
         ("tekton.dev/memberOf", if finally { "finally" } else { "tasks" }.to_string()),
         (names::LABEL_APP_MANAGED_BY, "tekton-pipelines".to_string()),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
+    .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)))
     .collect();
     TaskPod {
         metadata: PodMeta {
-            name: format!("{}-{task}-pod", run.name),
-            generate_name: String::new(),
-            namespace: run.namespace.clone(),
+            name: format!("{}-{task}-pod", run.name).into(),
+            generate_name: Cow::Borrowed(""),
+            namespace: Cow::Borrowed(&run.namespace),
             labels,
-            annotations: run.annotations.clone(),
+            annotations: borrowed_map(&run.annotations),
         },
         spec: PodSpecView {
             volumes: claims
                 .iter()
                 .enumerate()
                 .map(|(i, c)| VolumeView {
-                    name: format!("ws-{i}"),
-                    persistent_volume_claim: Some(ClaimVolume { claim_name: c.clone() }),
+                    name: format!("ws-{i}").into(),
+                    persistent_volume_claim: Some(ClaimVolume { claim_name: c.clone().into() }),
                 })
                 .collect(),
             node_selector: scheduling.node_selector,
@@ -509,7 +510,7 @@ impl Report {
                     .iter()
                     .map(|c| match c.access {
                         AccessSource::Assumed => format!("{} (assumed RWO)", c.name),
-                        _ => c.name.clone(),
+                        _ => c.name.to_string(),
                     })
                     .collect();
                 runs.push(row([n, &rp.name, rp.mode.as_str(), &rp.status.describe(), &csv(claims.iter())]));

@@ -5,7 +5,7 @@
 use crate::config::Mode;
 use crate::core::placeholder::parse_run_modes;
 use crate::engine::{ParseError, from_value, nullable};
-use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, OwnerRun, PinnedPod};
+use crate::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, OwnerRun, PinnedPod};
 use crate::names;
 use k8s_openapi::api::core::v1::{NodeSelector, Taint};
 use serde::Deserialize;
@@ -199,7 +199,7 @@ pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPo
         .get(names::ANNOTATION_CLAIMS)
         .map(|c| c.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
         .unwrap_or_default();
-    let meta = crate::pod::PodMeta { labels: labels.clone(), ..Default::default() };
+    let meta = crate::pod::PodMeta { labels: crate::pod::borrowed_map(labels), ..Default::default() };
     let run_uid = crate::engine::engines().iter().find_map(|e| e.pod_run(&meta)).and_then(|r| r.uid);
     let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
     Some(PinnedPod { name, run_uid, placeholder: placeholder.clone(), claims })
@@ -217,11 +217,13 @@ pub fn placeholder_from_statefulset(
     if !is_placeholder(labels) {
         return None;
     }
-    let name = m.name.clone().unwrap_or_default();
+    let name: Name = m.name.as_deref().unwrap_or_default().into();
     let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref());
     let claims = pod
         .and_then(|p| p.volumes.as_ref())
-        .map(|v| v.iter().filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone())).collect())
+        .map(|v| {
+            v.iter().filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.as_str().into())).collect()
+        })
         .unwrap_or_default();
     let ann = m.annotations.as_ref().unwrap_or(&EMPTY);
     Some(ExistingPlaceholder {
@@ -230,7 +232,7 @@ pub fn placeholder_from_statefulset(
             .owner_references
             .iter()
             .flatten()
-            .map(|o| OwnerRun { name: o.name.clone(), uid: o.uid.clone() })
+            .map(|o| OwnerRun { name: o.name.as_str().into(), uid: o.uid.as_str().into() })
             .collect(),
         mode: ann.get(names::ANNOTATION_MODE).and_then(|m| m.parse::<Mode>().ok()),
         run_modes: ann.get(names::ANNOTATION_RUN_MODES).map(|v| parse_run_modes(v)).unwrap_or_default(),
@@ -257,14 +259,14 @@ mod tests {
 
     #[test]
     fn a_generated_placeholder_reads_back_as_the_same_existing_placeholder() {
-        let claims: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        let claims: BTreeSet<Name> = ["a".into(), "b".into()].into();
         let owners = vec![Owner {
             api_version: "tekton.dev/v1".into(),
             kind: "PipelineRun".into(),
             name: "r".into(),
             uid: "u".into(),
         }];
-        let modes: BTreeMap<String, Mode> = [("u".to_string(), Mode::PipelineRuns)].into();
+        let modes: BTreeMap<Name, Mode> = [("u".into(), Mode::PipelineRuns)].into();
         let config = Config::default();
         let sts = statefulset(&PlaceholderParts {
             namespace: "ns",

@@ -12,7 +12,7 @@ use common::*;
 use serde_json::json;
 
 fn placeholder_claims(plan: &affinity_assistant::core::Plan) -> Vec<Vec<String>> {
-    plan.placeholders.iter().map(|p| p.claims.iter().cloned().collect()).collect()
+    plan.placeholders.iter().map(|p| p.claims.iter().map(|c| c.to_string()).collect()).collect()
 }
 
 // --- Which runs are active ---------------------------------------------------------------
@@ -77,7 +77,7 @@ fn claim_sources_map_to_claims() {
     let vct = template_claim_name(Some("data"), "b", &uid("r"));
     let plan = World::new(vec![r], rwo(&["existing"])).plan();
     let rp = &plan.runs[0];
-    let managed: Vec<_> = rp.claims.iter().map(|c| (c.name.clone(), c.access)).collect();
+    let managed: Vec<_> = rp.claims.iter().map(|c| (c.name.to_string(), c.access)).collect();
     assert_eq!(managed, vec![("existing".to_string(), AccessSource::Claim), (vct.clone(), AccessSource::Template)]);
     assert_eq!(rp.ignored.len(), 1);
     assert_eq!(rp.ignored[0].reason, IgnoreReason::NotAClaim);
@@ -369,7 +369,7 @@ fn a_run_needing_two_holders_gets_a_conflict_and_its_pods_stay_unpinned() {
     let plan = w.plan();
     assert_eq!(plan.conflicts.len(), 1);
     let msg = &plan.conflicts[0].message;
-    for name in plan.conflicts[0].placeholders.iter().map(String::as_str).chain(["a", "b", "c", "ca", "cb"]) {
+    for name in plan.conflicts[0].placeholders.iter().map(|p| p.as_str()).chain(["a", "b", "c", "ca", "cb"]) {
         assert!(msg.contains(name), "{msg} should name {name}");
     }
     assert_eq!(plan.placeholders.len(), 2, "no third placeholder, no claim held twice");

@@ -4,7 +4,7 @@ mod common;
 
 use affinity_assistant::config::Mode;
 use affinity_assistant::core::{Decision, Plan, SkipReason, decide, pin::is_pin_term};
-use affinity_assistant::model::{ExistingPlaceholder, PinnedPod, Run, RunPhase};
+use affinity_assistant::model::{ExistingPlaceholder, Name, PinnedPod, Run, RunPhase};
 use affinity_assistant::names;
 use affinity_assistant::pod::TaskPod;
 use common::*;
@@ -109,10 +109,10 @@ fn check_i1(plan: &Plan) -> Result<(), TestCaseError> {
 }
 
 /// A placeholder as the order-independence test compares it: name, claims, owner uids, new.
-type PlaceholderSummary = (String, BTreeSet<String>, Vec<String>, bool);
+type PlaceholderSummary = (Name, BTreeSet<Name>, Vec<Name>, bool);
 
 /// What a plan says, independent of the order its inputs came in.
-fn summary(plan: &Plan) -> (Vec<PlaceholderSummary>, Vec<String>) {
+fn summary(plan: &Plan) -> (Vec<PlaceholderSummary>, Vec<Name>) {
     (
         plan.placeholders
             .iter()
@@ -206,7 +206,7 @@ proptest! {
                             &pre_affinity["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]);
                     }
                     // I4 precondition: the pod's placeholder is one the plan keeps or creates.
-                    prop_assert!(!plan.delete.contains(&pin.placeholder));
+                    prop_assert!(!plan.delete.iter().any(|d| *d == pin.placeholder));
                 }
             }
         }
@@ -254,7 +254,7 @@ fn i4_a_deleted_placeholder_is_recreated_from_the_pods_annotation_whatever_the_c
     assert_eq!(plan.placeholders.len(), 1);
     let p = &plan.placeholders[0];
     assert_eq!(p.name, "aa-c-0123456789");
-    assert_eq!(p.claims, set(&["c", "d"]));
+    assert_eq!(p.claims, name_set(&["c", "d"]));
     assert!(p.create.is_some());
     check_i1(&plan).unwrap();
 }
@@ -292,7 +292,7 @@ fn i1_a_claim_already_held_twice_is_reported_and_pods_go_to_one_holder() {
     let r = run("r", &[("w", "c")], &[("t", &["w"])]);
     let mut w = World::new(vec![r.clone()], rwo(&["c"]));
     for name in ["aa-one", "aa-two"] {
-        w.placeholders.push(ExistingPlaceholder { name: name.into(), claims: set(&["c"]), ..Default::default() });
+        w.placeholders.push(ExistingPlaceholder { name: name.into(), claims: name_set(&["c"]), ..Default::default() });
     }
     let plan = w.plan();
     assert!(plan.warnings.iter().any(|m| m.contains("aa-one") && m.contains("aa-two")));

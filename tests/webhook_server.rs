@@ -393,7 +393,7 @@ struct Odd {
 }
 
 impl Decider for Odd {
-    async fn decide(&self, pod: &TaskPod) -> Decision {
+    async fn decide(&self, pod: &TaskPod<'_>) -> Decision {
         if self.panic {
             panic!("bug in a decider for {}", pod.metadata.display_name());
         }

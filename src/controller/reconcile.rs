@@ -3,6 +3,7 @@
 use super::{Context, ControllerMetrics, Error};
 use crate::config::Config;
 use crate::core::{MissingClaims, Plan, PlannedPlaceholder, RunStatus};
+use crate::model::Name;
 use crate::names;
 use crate::views::VolumeView;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -162,7 +163,7 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
                 let note = format!("placeholder {} cannot be created: {}", p.name, s.message);
                 event_on_owners(ctx, namespace, p, EventType::Warning, "PlaceholderFailedCreate", "Create", note).await;
             }
-            Err(source) => return Err(Error::Create { name: p.name.clone(), source }),
+            Err(source) => return Err(Error::Create { name: p.name.to_string(), source }),
         }
     }
 
@@ -208,7 +209,7 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
                 debug!(namespace, placeholder = %p.name, runs = %want_runs, "owners updated");
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => return Err(Error::Update { name: p.name.clone(), source }),
+            Err(source) => return Err(Error::Update { name: p.name.to_string(), source }),
         }
     }
 
@@ -228,7 +229,7 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
                 info!(namespace, placeholder = %name, "placeholder deleted: no active run and no unfinished pinned pod needs it");
             }
             Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => {}
-            Err(source) => return Err(Error::Delete { name: name.clone(), source }),
+            Err(source) => return Err(Error::Delete { name: name.to_string(), source }),
         }
     }
 
@@ -239,7 +240,7 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
             let reason =
                 if plan.conflicts.iter().any(|c| &c.message == w) { "GroupingConflict" } else { "PlacementWarning" };
             if reason == "GroupingConflict"
-                && !ctx.memory().reported.contains(&(rp.uid.clone(), reason.into(), w.clone()))
+                && !ctx.memory().reported.contains(&(rp.uid.to_string(), reason.into(), w.clone()))
             {
                 ctx.metrics.conflicts.inc();
             }
@@ -257,7 +258,9 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
     // 5. Placeholders on nodes that are going away; placeholders that cannot be scheduled.
     let pods: Vec<Arc<Pod>> = ctx.caches.placeholder_pods.in_namespace(namespace);
     for p in plan.placeholders.iter().filter(|p| p.create.is_none()) {
-        let Some(pod) = pods.iter().find(|pod| pod.labels().get(names::LABEL_PLACEHOLDER) == Some(&p.name)) else {
+        let Some(pod) =
+            pods.iter().find(|pod| pod.labels().get(names::LABEL_PLACEHOLDER).is_some_and(|id| *id == p.name))
+        else {
             continue;
         };
         check_placeholder_pod(ctx, namespace, p, pod).await?;
@@ -336,7 +339,7 @@ fn not_ready_for(node: &Node) -> Option<Duration> {
 }
 
 /// Whether any claim's volume can only ever be mounted on its current node.
-async fn node_pinned_claim(ctx: &Context, namespace: &str, claims: &BTreeSet<String>) -> Result<Option<String>, Error> {
+async fn node_pinned_claim(ctx: &Context, namespace: &str, claims: &BTreeSet<Name>) -> Result<Option<Name>, Error> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     for claim in claims {
@@ -405,7 +408,7 @@ async fn check_placeholder_pod(ctx: &Context, namespace: &str, p: &PlannedPlaceh
         (None, Some((why, _))) => (format!("node {node_name} {why}"), false),
         (None, None) => return Ok(()),
     };
-    if ctx.memory().moved_at.get(&p.name).is_some_and(|at| at.elapsed() < grace) {
+    if ctx.memory().moved_at.get(p.name.as_str()).is_some_and(|at| at.elapsed() < grace) {
         return Ok(());
     }
     if let Some(claim) = node_pinned_claim(ctx, namespace, &p.claims).await? {
@@ -428,9 +431,9 @@ async fn check_placeholder_pod(ctx: &Context, namespace: &str, p: &PlannedPlaceh
     match pods.delete(&pod_name, &dp).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(source) => return Err(Error::Move { name: p.name.clone(), source }),
+        Err(source) => return Err(Error::Move { name: p.name.to_string(), source }),
     }
-    ctx.memory().moved_at.insert(p.name.clone(), Instant::now());
+    ctx.memory().moved_at.insert(p.name.to_string(), Instant::now());
     ControllerMetrics::count(&ctx.metrics.moves, if force { "not-ready" } else { "drain" });
     info!(namespace, placeholder = %p.name, node = %node_name, reason = %why, force, "placeholder moved");
     let note = format!("moved placeholder {} off {why}", p.name);
@@ -448,7 +451,7 @@ async fn surface_task_pods(ctx: &Context, namespace: &str, plan: &Plan, placehol
         }
         let labels = pod.labels();
         let Some(run_ref_) = crate::engine::engines().iter().find_map(|e| {
-            let meta = crate::pod::PodMeta { labels: labels.clone(), ..Default::default() };
+            let meta = crate::pod::PodMeta { labels: crate::pod::borrowed_map(labels), ..Default::default() };
             e.pod_run(&meta)
         }) else {
             continue;
@@ -500,7 +503,7 @@ async fn surface_task_pods(ctx: &Context, namespace: &str, plan: &Plan, placehol
                             .collect()
                     })
                     .unwrap_or_default();
-                let managed: Vec<&String> = claims.iter().filter(|c| rp.claims.iter().any(|m| &m.name == *c)).collect();
+                let managed: Vec<&String> = claims.iter().filter(|c| rp.claims.iter().any(|m| m.name == **c)).collect();
                 if managed.is_empty() && !rp.mode.per_run() {
                     continue;
                 }

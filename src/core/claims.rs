@@ -2,7 +2,8 @@
 //! claims group before other runs are considered (SPEC "Grouping", within one run).
 
 use crate::config::Mode;
-use crate::model::{ClaimInfo, ClaimSource, Run};
+use crate::model::{ClaimInfo, ClaimSource, Name, Run};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What to do with a claim whose PVC is not known.
@@ -27,9 +28,9 @@ pub enum AccessSource {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedClaim {
-    pub name: String,
+    pub name: Name,
     /// The run workspaces bound to it (two workspaces may share one claim).
-    pub workspaces: Vec<String>,
+    pub workspaces: Vec<Name>,
     pub access: AccessSource,
 }
 
@@ -61,8 +62,8 @@ impl std::fmt::Display for IgnoreReason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IgnoredBinding {
-    pub workspace: String,
-    pub claim: Option<String>,
+    pub workspace: Name,
+    pub claim: Option<Name>,
     pub reason: IgnoreReason,
 }
 
@@ -74,7 +75,7 @@ pub struct RunClaims {
 
 impl RunClaims {
     pub fn names(&self) -> BTreeSet<String> {
-        self.managed.iter().map(|c| c.name.clone()).collect()
+        self.managed.iter().map(|c| c.name.to_string()).collect()
     }
 }
 
@@ -92,11 +93,11 @@ pub fn access_verdict(modes: &[String]) -> Result<(), IgnoreReason> {
     }
 }
 
-/// The run's claims, managed or not, each claim once.
-pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: MissingClaims) -> RunClaims {
+/// The run's claims, managed or not, each claim once. `pvc` finds a claim's PVC by name.
+pub fn run_claims<'p>(run: &Run, pvc: impl Fn(&str) -> Option<&'p ClaimInfo>, missing: MissingClaims) -> RunClaims {
     let mut out = RunClaims::default();
     for b in &run.bindings {
-        let Some(claim) = b.source.claim() else {
+        let Some(claim) = b.source.claim_name() else {
             out.ignored.push(IgnoredBinding {
                 workspace: b.workspace.clone(),
                 claim: None,
@@ -104,11 +105,11 @@ pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: Missin
             });
             continue;
         };
-        if let Some(m) = out.managed.iter_mut().find(|m| m.name == claim) {
+        if let Some(m) = out.managed.iter_mut().find(|m| m.name == *claim) {
             m.workspaces.push(b.workspace.clone());
             continue;
         }
-        let verdict = match (pvcs.get(claim), &b.source) {
+        let verdict = match (pvc(claim), &b.source) {
             (Some(pvc), _) => access_verdict(pvc.access_modes()).map(|_| AccessSource::Claim),
             (None, ClaimSource::Template { access_modes, .. }) => {
                 access_verdict(access_modes).map(|_| AccessSource::Template)
@@ -117,16 +118,12 @@ pub fn run_claims(run: &Run, pvcs: &BTreeMap<String, ClaimInfo>, missing: Missin
             (None, _) => Err(IgnoreReason::Missing),
         };
         match verdict {
-            Ok(access) => out.managed.push(ManagedClaim {
-                name: claim.to_string(),
-                workspaces: vec![b.workspace.clone()],
-                access,
-            }),
-            Err(reason) => out.ignored.push(IgnoredBinding {
-                workspace: b.workspace.clone(),
-                claim: Some(claim.to_string()),
-                reason,
-            }),
+            Ok(access) => {
+                out.managed.push(ManagedClaim { name: claim.clone(), workspaces: vec![b.workspace.clone()], access })
+            }
+            Err(reason) => {
+                out.ignored.push(IgnoredBinding { workspace: b.workspace.clone(), claim: Some(claim.clone()), reason })
+            }
         }
     }
     out
@@ -157,25 +154,99 @@ fn task_claim_refs(run: &Run) -> Vec<(&str, BTreeSet<&str>)> {
 /// `workspaces`: claims one task uses together share a group (transitively); claims no task
 /// uses get none. Per-run modes: one group with every managed claim, even an empty one.
 pub fn run_groups(run: &Run, managed: &BTreeSet<String>, mode: Mode) -> Vec<BTreeSet<String>> {
+    let managed: Vec<&str> = managed.iter().map(String::as_str).collect();
+    let mut labels = Vec::new();
+    let count = group_labels(run, &managed, mode, &mut labels, &mut Vec::new());
+    (0..count)
+        .map(|g| managed.iter().zip(&labels).filter(|&(_, l)| *l == Some(g)).map(|(c, _)| c.to_string()).collect())
+        .collect()
+}
+
+/// [`run_groups`] as a label per claim, for the plan (which walks the groups over borrowed
+/// names): `managed` is sorted and each claim once, as a `BTreeSet` iterates; claim `i` is in
+/// group `labels[i]` (`None`: in no group), groups numbered `0..count` (returned) in `BTreeSet`
+/// order. `parent` is working space; both buffers are the caller's, to be reused.
+pub(crate) fn group_labels<C>(
+    run: &Run,
+    managed: &[&C],
+    mode: Mode,
+    labels: &mut Vec<Option<usize>>,
+    parent: &mut Vec<usize>,
+) -> usize
+where
+    C: Borrow<str> + ?Sized,
+{
+    labels.clear();
     if mode.per_run() {
-        return vec![managed.clone()];
+        labels.resize(managed.len(), Some(0));
+        return 1;
     }
-    let mut groups: Vec<BTreeSet<&str>> = Vec::new();
-    for (_, used) in task_claim_refs(run) {
-        let used: BTreeSet<&str> = used.into_iter().filter(|c| managed.contains(*c)).collect();
-        if used.is_empty() {
+    // Union-find over indices into `managed`, each root the smallest index of its group.
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    parent.clear();
+    parent.extend(0..managed.len());
+    labels.resize(managed.len(), None);
+    for task in &run.tasks {
+        let mut first = None;
+        for_each_task_claim(run, task.workspaces.as_deref(), |c| {
+            let Ok(i) = managed.binary_search_by(|m| (*m).borrow().cmp(c)) else { return };
+            // Marks it used; the real labels come below.
+            labels[i] = Some(0);
+            let Some(f) = first else {
+                first = Some(i);
+                return;
+            };
+            let (a, b) = (root(parent, f), root(parent, i));
+            parent[a.max(b)] = a.min(b);
+        });
+    }
+    // Walking the claims in order numbers each group at its smallest claim, so the groups come
+    // out ordered by their first claim: for disjoint sorted groups, the `BTreeSet` order.
+    let mut count = 0;
+    for i in 0..managed.len() {
+        if labels[i].is_none() {
             continue;
         }
-        let (touching, mut rest): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| !g.is_disjoint(&used));
-        let merged = touching.into_iter().fold(used, |mut acc, g| {
-            acc.extend(g);
-            acc
-        });
-        rest.push(merged);
-        groups = rest;
+        let r = root(parent, i);
+        labels[i] = if r == i {
+            count += 1;
+            Some(count - 1)
+        } else {
+            labels[r]
+        };
     }
-    let mut out: Vec<BTreeSet<String>> =
-        groups.into_iter().map(|g| g.into_iter().map(String::from).collect()).collect();
-    out.sort();
-    out
+    count
+}
+
+/// Calls `f` with each claim a task mounts (a claim bound to two workspaces may come twice):
+/// the claims of the run workspaces it names, or of every workspace when `workspaces` is
+/// unreadable (`None`). A workspace bound twice counts with its last claim binding, as in
+/// [`task_claims`].
+fn for_each_task_claim<'r>(run: &'r Run, workspaces: Option<&[String]>, mut f: impl FnMut(&'r str)) {
+    let bound_last = |i: usize, b: &crate::model::Binding| {
+        run.bindings[i + 1..].iter().all(|later| later.workspace != b.workspace || later.source.claim().is_none())
+    };
+    match workspaces {
+        Some(ws) => {
+            for w in ws {
+                if let Some(c) = run.bindings.iter().rev().filter(|b| b.workspace == *w).find_map(|b| b.source.claim())
+                {
+                    f(c);
+                }
+            }
+        }
+        None => {
+            for (i, b) in run.bindings.iter().enumerate() {
+                if let Some(c) = b.source.claim().filter(|_| bound_last(i, b)) {
+                    f(c);
+                }
+            }
+        }
+    }
 }

@@ -4,9 +4,10 @@
 use super::plan::{Plan, PlannedPlaceholder, RunStatus, annotation_enabled};
 use super::scheduling;
 use crate::engine::{self, EngineSkip};
+use crate::model::Name;
 use crate::names;
 use crate::pod::TaskPod;
-use json_patch::jsonptr::PointerBuf;
+use json_patch::jsonptr::Pointer;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{Affinity, PodAffinity, PodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -142,7 +143,7 @@ pub fn is_pin_term(term: &PodAffinityTerm) -> bool {
 /// "pod ns/name", formatted only when a message is built: pinning needs no message.
 struct Who<'a> {
     namespace: &'a str,
-    pod: &'a crate::pod::PodMeta,
+    pod: &'a crate::pod::PodMeta<'a>,
 }
 
 impl std::fmt::Display for Who<'_> {
@@ -218,7 +219,7 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
             }
         }
     } else {
-        let holders: BTreeSet<&str> = managed.iter().filter_map(|c| run.holders.get(*c).map(String::as_str)).collect();
+        let holders: BTreeSet<&str> = managed.iter().filter_map(|c| run.holders.get(*c).map(Name::as_str)).collect();
         let unheld: Vec<&str> = managed.iter().copied().filter(|c| !run.holders.contains_key(*c)).collect();
         if holders.len() > 1 {
             return skip(
@@ -276,7 +277,7 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
 
     let term = pin_term(&target.name);
     let claims: Vec<String> = managed.iter().map(|c| c.to_string()).collect();
-    let patch = pin_patch(pod, &target.name, &target.claims, &term);
+    let patch = pin_patch(pod, &target.name, &target.claims);
     let mut affinity = pod.spec.affinity.clone().unwrap_or_default();
     affinity
         .pod_affinity
@@ -285,8 +286,8 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
         .get_or_insert_with(Vec::new)
         .push(term.clone());
     Decision::Pin(Box::new(Pin {
-        run: run.name.clone(),
-        placeholder: target.name.clone(),
+        run: run.name.to_string(),
+        placeholder: target.name.to_string(),
         claims,
         term,
         affinity,
@@ -294,42 +295,103 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
     }))
 }
 
-fn add(path: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(path.iter().copied()), value })
+impl Pin {
+    /// The JSONPatch as the AdmissionReview carries it (before base64).
+    pub fn patch_json(&self) -> serde_json::Result<Vec<u8>> {
+        // Room for the usual four operations, so the buffer is not regrown while writing.
+        let mut out = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut out, &self.patch)?;
+        Ok(out)
+    }
+}
+
+/// The paths the patch adds at, escaped once here (`/` in a key is `~1`); a test checks them
+/// against the names they spell.
+mod paths {
+    use json_patch::jsonptr::Pointer;
+
+    pub const AFFINITY: &Pointer = Pointer::from_static("/spec/affinity");
+    pub const POD_AFFINITY: &Pointer = Pointer::from_static("/spec/affinity/podAffinity");
+    pub const REQUIRED_TERMS: &Pointer =
+        Pointer::from_static("/spec/affinity/podAffinity/requiredDuringSchedulingIgnoredDuringExecution");
+    pub const LABELS: &Pointer = Pointer::from_static("/metadata/labels");
+    pub const LABEL_PINNED: &Pointer = Pointer::from_static("/metadata/labels/affinity-assistant.dev~1pinned");
+    pub const ANNOTATIONS: &Pointer = Pointer::from_static("/metadata/annotations");
+    pub const ANNOTATION_PINNED_TO: &Pointer =
+        Pointer::from_static("/metadata/annotations/affinity-assistant.dev~1pinned-to");
+    pub const ANNOTATION_CLAIMS: &Pointer =
+        Pointer::from_static("/metadata/annotations/affinity-assistant.dev~1claims");
+}
+
+fn add(path: &Pointer, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path: path.to_buf(), value })
+}
+
+/// [`pin_term`] as JSON, written directly rather than serialised from the typed term.
+fn pin_term_json(placeholder: &str) -> Value {
+    json!({
+        "labelSelector": {"matchLabels": {names::LABEL_PLACEHOLDER: placeholder}},
+        "topologyKey": names::TOPOLOGY_HOSTNAME,
+    })
 }
 
 /// Adds at the deepest level that exists, so every pre-existing term is kept and each op
 /// replaces whole values: applying the patch a second time changes nothing.
-fn pin_patch(pod: &TaskPod, placeholder: &str, held: &BTreeSet<String>, term: &PodAffinityTerm) -> Patch {
-    let term = serde_json::to_value(term).unwrap_or(Value::Null);
+fn pin_patch(pod: &TaskPod, placeholder: &str, held: &BTreeSet<Name>) -> Patch {
+    let term = pin_term_json(placeholder);
     let affinity = pod.spec.affinity.as_ref();
-    let mut ops = Vec::with_capacity(5);
+    let mut ops = Vec::with_capacity(4);
     ops.push(match affinity {
-        None => add(
-            &["spec", "affinity"],
-            json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}),
-        ),
+        None => {
+            add(paths::AFFINITY, json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}))
+        }
         Some(a) if a.pod_affinity.is_none() => {
-            add(&["spec", "affinity", "podAffinity"], json!({"requiredDuringSchedulingIgnoredDuringExecution": [term]}))
+            add(paths::POD_AFFINITY, json!({"requiredDuringSchedulingIgnoredDuringExecution": [term]}))
         }
-        Some(_) => {
-            add(&["spec", "affinity", "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution"], json!([term]))
-        }
+        Some(_) => add(paths::REQUIRED_TERMS, json!([term])),
     });
-    let claims_csv = held.iter().cloned().collect::<Vec<_>>().join(",");
+    let claims_csv = held.iter().map(Name::as_str).collect::<Vec<_>>().join(",");
     if pod.metadata.labels.is_empty() {
-        ops.push(add(&["metadata", "labels"], json!({ names::LABEL_PINNED: "true" })));
+        ops.push(add(paths::LABELS, json!({ names::LABEL_PINNED: "true" })));
     } else {
-        ops.push(add(&["metadata", "labels", names::LABEL_PINNED], json!("true")));
+        ops.push(add(paths::LABEL_PINNED, json!("true")));
     }
     if pod.metadata.annotations.is_empty() {
         ops.push(add(
-            &["metadata", "annotations"],
+            paths::ANNOTATIONS,
             json!({ names::ANNOTATION_PINNED_TO: placeholder, names::ANNOTATION_CLAIMS: claims_csv }),
         ));
     } else {
-        ops.push(add(&["metadata", "annotations", names::ANNOTATION_PINNED_TO], json!(placeholder)));
-        ops.push(add(&["metadata", "annotations", names::ANNOTATION_CLAIMS], json!(claims_csv)));
+        ops.push(add(paths::ANNOTATION_PINNED_TO, json!(placeholder)));
+        ops.push(add(paths::ANNOTATION_CLAIMS, json!(claims_csv)));
     }
     Patch(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use json_patch::jsonptr::PointerBuf;
+
+    #[test]
+    fn patch_paths_spell_the_names() {
+        let path = |tokens: &[&str]| PointerBuf::from_tokens(tokens.iter().copied());
+        assert_eq!(paths::AFFINITY, path(&["spec", "affinity"]));
+        assert_eq!(paths::POD_AFFINITY, path(&["spec", "affinity", "podAffinity"]));
+        assert_eq!(
+            paths::REQUIRED_TERMS,
+            path(&["spec", "affinity", "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution"])
+        );
+        assert_eq!(paths::LABELS, path(&["metadata", "labels"]));
+        assert_eq!(paths::LABEL_PINNED, path(&["metadata", "labels", names::LABEL_PINNED]));
+        assert_eq!(paths::ANNOTATIONS, path(&["metadata", "annotations"]));
+        assert_eq!(paths::ANNOTATION_PINNED_TO, path(&["metadata", "annotations", names::ANNOTATION_PINNED_TO]));
+        assert_eq!(paths::ANNOTATION_CLAIMS, path(&["metadata", "annotations", names::ANNOTATION_CLAIMS]));
+    }
+
+    #[test]
+    fn the_term_json_is_the_serialised_term() {
+        let name = "aa-x-0123456789";
+        assert_eq!(pin_term_json(name), serde_json::to_value(pin_term(name)).unwrap());
+    }
 }

@@ -2,7 +2,7 @@
 //! the volumes' zone and node constraints apply to it first and every pinned pod follows it.
 
 use crate::config::{AntiAffinity, Config, Mode};
-use crate::model::Scheduling;
+use crate::model::{Name, Scheduling};
 use crate::names;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
@@ -22,10 +22,10 @@ pub const CONTAINER_NAME: &str = "placeholder";
 /// A run that uses a placeholder, for its owner references.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Owner {
-    pub api_version: String,
-    pub kind: String,
-    pub name: String,
-    pub uid: String,
+    pub api_version: Name,
+    pub kind: Name,
+    pub name: Name,
+    pub uid: Name,
 }
 
 impl Owner {
@@ -33,10 +33,10 @@ impl Owner {
     /// deletable whatever happens to the placeholder.
     pub fn reference(&self) -> OwnerReference {
         OwnerReference {
-            api_version: self.api_version.clone(),
-            kind: self.kind.clone(),
-            name: self.name.clone(),
-            uid: self.uid.clone(),
+            api_version: self.api_version.to_string(),
+            kind: self.kind.to_string(),
+            name: self.name.to_string(),
+            uid: self.uid.to_string(),
             controller: Some(false),
             block_owner_deletion: Some(false),
         }
@@ -47,11 +47,11 @@ impl Owner {
 pub struct PlaceholderParts<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
-    pub claims: &'a BTreeSet<String>,
+    pub claims: &'a BTreeSet<Name>,
     pub mode: Mode,
     pub owners: &'a [Owner],
     /// The mode of each owner, by uid.
-    pub run_modes: &'a BTreeMap<String, Mode>,
+    pub run_modes: &'a BTreeMap<Name, Mode>,
     /// The scheduling of the run that creates it.
     pub scheduling: &'a Scheduling,
     pub anti_affinity: AntiAffinity,
@@ -126,17 +126,17 @@ fn string_map<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> BTreeMa
 }
 
 /// `uid=mode,uid=mode`: the value of [`names::ANNOTATION_RUN_MODES`].
-pub fn run_modes_annotation(modes: &BTreeMap<String, Mode>) -> String {
+pub fn run_modes_annotation(modes: &BTreeMap<Name, Mode>) -> String {
     modes.iter().map(|(uid, m)| format!("{uid}={m}")).collect::<Vec<_>>().join(",")
 }
 
 /// Reads [`names::ANNOTATION_RUN_MODES`]; entries it cannot read are dropped.
-pub fn parse_run_modes(value: &str) -> BTreeMap<String, Mode> {
+pub fn parse_run_modes(value: &str) -> BTreeMap<Name, Mode> {
     value
         .split(',')
         .filter_map(|pair| {
             let (uid, mode) = pair.trim().split_once('=')?;
-            Some((uid.to_string(), mode.parse().ok()?))
+            Some((uid.into(), mode.parse().ok()?))
         })
         .collect()
 }
@@ -144,8 +144,8 @@ pub fn parse_run_modes(value: &str) -> BTreeMap<String, Mode> {
 /// The complete StatefulSet of a new placeholder.
 pub fn statefulset(parts: &PlaceholderParts<'_>) -> StatefulSet {
     let labels = string_map(names::placeholder_labels(parts.name));
-    let claims_csv = parts.claims.iter().cloned().collect::<Vec<_>>().join(",");
-    let runs_csv = parts.owners.iter().map(|o| o.name.clone()).collect::<Vec<_>>().join(",");
+    let claims_csv = parts.claims.iter().map(Name::as_str).collect::<Vec<_>>().join(",");
+    let runs_csv = parts.owners.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(",");
     let volumes: Vec<Volume> = parts
         .claims
         .iter()
@@ -155,7 +155,7 @@ pub fn statefulset(parts: &PlaceholderParts<'_>) -> StatefulSet {
             // Never readOnly here: some CSI drivers attach the volume read-only for the whole
             // node when the first pod asks for it, which would lock the tasks out.
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.clone(),
+                claim_name: claim.to_string(),
                 read_only: None,
             }),
             ..Default::default()

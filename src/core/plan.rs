@@ -10,9 +10,10 @@
 use super::claims::{self, IgnoredBinding, ManagedClaim, MissingClaims};
 use super::placeholder::{self, Owner, PlaceholderParts};
 use crate::config::{AntiAffinity, Config, Mode, parse_bool};
-use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, PinnedPod, Run, RunPhase, Scheduling};
+use crate::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, OwnerRun, PinnedPod, Run, RunPhase, Scheduling};
 use crate::names::{self, NameSeed};
 use k8s_openapi::api::apps::v1::StatefulSet;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -64,16 +65,16 @@ impl RunStatus {
 /// The plan for one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunPlan {
-    pub name: String,
-    pub uid: String,
+    pub name: Name,
+    pub uid: Name,
     pub mode: Mode,
     pub status: RunStatus,
     pub claims: Vec<ManagedClaim>,
     pub ignored: Vec<IgnoredBinding>,
     /// Managed claim -> the placeholder holding it for this run.
-    pub holders: BTreeMap<String, String>,
+    pub holders: BTreeMap<Name, Name>,
     /// Per-run modes: the one placeholder every task pod of the run goes to.
-    pub home: Option<String>,
+    pub home: Option<Name>,
     /// Things a person should know (become Warning Events).
     pub warnings: Vec<String>,
 }
@@ -81,22 +82,22 @@ pub struct RunPlan {
 /// A grouping that needs two placeholders together: its pods that need both stay unpinned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    pub run: String,
-    pub claims: BTreeSet<String>,
-    pub placeholders: Vec<String>,
+    pub run: Name,
+    pub claims: BTreeSet<Name>,
+    pub placeholders: Vec<Name>,
     pub message: String,
 }
 
 /// A placeholder that must exist after the plan is carried out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedPlaceholder {
-    pub name: String,
-    pub claims: BTreeSet<String>,
+    pub name: Name,
+    pub claims: BTreeSet<Name>,
     pub mode: Mode,
     /// Active runs that use it: its owner references.
     pub owners: Vec<Owner>,
     /// The mode of each owner, by uid ([`names::ANNOTATION_RUN_MODES`]).
-    pub run_modes: BTreeMap<String, Mode>,
+    pub run_modes: BTreeMap<Name, Mode>,
     /// Unfinished pinned pods that need it (I4).
     pub pinned_pods: Vec<String>,
     pub node: Option<Arc<NodeInfo>>,
@@ -141,7 +142,7 @@ pub struct Plan {
     /// Sorted by name.
     pub placeholders: Vec<PlannedPlaceholder>,
     /// Existing placeholders nothing needs any more.
-    pub delete: Vec<String>,
+    pub delete: Vec<Name>,
     pub conflicts: Vec<Conflict>,
     /// Problems with the namespace's existing state (e.g. one claim held twice).
     pub warnings: Vec<String>,
@@ -161,50 +162,108 @@ impl Plan {
     }
 }
 
-/// A placeholder while the plan is being built.
-struct Slot {
-    name: String,
-    claims: BTreeSet<String>,
+/// A placeholder while the plan is being built. It borrows what it can from the state, and
+/// shares the names it puts in the plan.
+struct Slot<'a> {
+    name: Name,
+    claims: SlotClaims<'a>,
     mode: Mode,
     existing: bool,
-    /// Run uids in its owner references, and runs whose pinned pods need it: these runs keep
+    /// Its owner references and the run uids of pinned pods that need it: these runs keep
     /// using it while the add-on is disabled.
-    prior_owners: BTreeSet<String>,
-    /// Recorded modes of the runs it served, by uid.
-    prior_modes: BTreeMap<String, Mode>,
-    users: BTreeSet<usize>,
+    owner_refs: &'a [OwnerRun],
+    pinned_runs: Vec<&'a str>,
+    /// Recorded modes of the runs it served, by uid (an existing placeholder's annotation).
+    prior_modes: Option<&'a BTreeMap<Name, Mode>>,
+    /// Indices of the runs that use it, ascending.
+    users: Vec<usize>,
     pinned_pods: Vec<String>,
     node: Option<Arc<NodeInfo>>,
-    node_selector: BTreeMap<String, String>,
+    node_selector: Cow<'a, BTreeMap<String, String>>,
     /// For new slots: the run whose scheduling it takes.
     creator: Option<usize>,
 }
 
+/// A slot's claims: an existing placeholder's, a pinned pod's, or a new placeholder's.
+enum SlotClaims<'a> {
+    Existing(&'a BTreeSet<Name>),
+    Pinned(&'a BTreeSet<String>),
+    New(BTreeSet<Name>),
+}
+
+impl SlotClaims<'_> {
+    fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let (names, pinned) = match self {
+            SlotClaims::Existing(set) => (Some(set.iter()), None),
+            SlotClaims::New(set) => (Some(set.iter()), None),
+            SlotClaims::Pinned(set) => (None, Some(set.iter())),
+        };
+        names.into_iter().flatten().map(Name::as_str).chain(pinned.into_iter().flatten().map(String::as_str))
+    }
+
+    fn into_set(self) -> BTreeSet<Name> {
+        match self {
+            SlotClaims::Existing(set) => set.clone(),
+            SlotClaims::Pinned(set) => set.iter().map(Name::from).collect(),
+            SlotClaims::New(set) => set,
+        }
+    }
+}
+
+/// Adds `i` to a sorted list of indices, once.
+fn insert_sorted(list: &mut Vec<usize>, i: usize) {
+    if let Err(at) = list.binary_search(&i) {
+        list.insert(at, i);
+    }
+}
+
+/// Buffers `plan_run` reuses from run to run instead of allocating its own.
+#[derive(Default)]
+struct Scratch<'a> {
+    managed: Vec<&'a Name>,
+    group: Vec<&'a Name>,
+    remainder: Vec<&'a Name>,
+    targets: Vec<usize>,
+    name: String,
+    labels: Vec<Option<usize>>,
+    parent: Vec<usize>,
+}
+
 struct Builder<'a> {
     state: &'a NamespaceState<'a>,
-    slots: Vec<Slot>,
-    by_name: HashMap<String, usize>,
-    holder: BTreeMap<String, usize>,
+    /// The state's PVCs by name: looked up once per binding, cheaper hashed than in a tree
+    /// of a thousand strings.
+    pvcs: HashMap<&'a str, &'a ClaimInfo>,
+    slots: Vec<Slot<'a>>,
+    by_name: HashMap<Name, usize>,
+    holder: HashMap<&'a str, usize>,
     conflicts: Vec<Conflict>,
     warnings: Vec<String>,
     /// Run uid -> placeholders that run owned before this plan (owner references, or pinned
-    /// pods' demand). Built once before runs are planned, so planning stays linear in runs.
-    owned_by: HashMap<String, BTreeSet<usize>>,
+    /// pods' demand), ascending. Built once before runs are planned, so planning stays linear
+    /// in runs; only while the add-on is disabled, the one time it is read.
+    owned_by: HashMap<&'a str, Vec<usize>>,
     /// Run uid -> the mode recorded for it on an existing placeholder.
-    recorded_modes: HashMap<String, Mode>,
+    recorded_modes: HashMap<&'a str, Mode>,
+    /// By run index: when it was planned (its place in the planning order) and its mode.
+    planned: Vec<Option<(usize, Mode)>>,
+    scratch: Scratch<'a>,
 }
 
 /// The plan for one namespace.
 pub fn plan(state: &NamespaceState<'_>) -> Plan {
     let mut b = Builder {
         state,
-        slots: Vec::new(),
-        by_name: HashMap::new(),
-        holder: BTreeMap::new(),
+        pvcs: state.claims.iter().map(|(name, pvc)| (name.as_str(), pvc)).collect(),
+        slots: Vec::with_capacity(state.placeholders.len() + state.runs.len()),
+        by_name: HashMap::with_capacity(state.placeholders.len() + state.runs.len()),
+        holder: HashMap::with_capacity(state.claims.len()),
         conflicts: Vec::new(),
         warnings: Vec::new(),
         owned_by: HashMap::new(),
         recorded_modes: HashMap::new(),
+        planned: vec![None; state.runs.len()],
+        scratch: Scratch::default(),
     };
     let mut existing: Vec<&ExistingPlaceholder> = state.placeholders.iter().collect();
     existing.sort_by(|a, c| a.name.cmp(&c.name));
@@ -212,11 +271,14 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
         b.add_existing(e);
     }
 
-    let mut order: Vec<usize> = (0..state.runs.len()).collect();
-    order.sort_by(|&a, &c| {
-        let (a, c) = (&state.runs[a], &state.runs[c]);
-        (a.created.is_none(), &a.created, &a.name, &a.uid).cmp(&(c.created.is_none(), &c.created, &c.name, &c.uid))
-    });
+    // Oldest first; the index last makes the unstable sort as deterministic as a stable one.
+    let mut order: Vec<(bool, Option<&str>, &str, &str, usize)> = state
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.created.is_none(), r.created.as_deref(), r.name.as_str(), r.uid.as_str(), i))
+        .collect();
+    order.sort_unstable();
 
     let mut pinned: Vec<&PinnedPod> = state.pinned_pods.iter().collect();
     pinned.sort_by(|a, c| (&a.placeholder, &a.name).cmp(&(&c.placeholder, &c.name)));
@@ -224,23 +286,29 @@ pub fn plan(state: &NamespaceState<'_>) -> Plan {
         b.add_pinned_demand(p);
     }
     for (i, slot) in b.slots.iter().enumerate() {
-        for uid in &slot.prior_owners {
-            b.owned_by.entry(uid.clone()).or_default().insert(i);
+        if !state.config.enabled {
+            for uid in slot.owner_refs.iter().map(|o| o.uid.as_str()).chain(slot.pinned_runs.iter().copied()) {
+                let owned = b.owned_by.entry(uid).or_default();
+                if owned.last() != Some(&i) {
+                    owned.push(i);
+                }
+            }
         }
-        for (uid, mode) in &slot.prior_modes {
-            b.recorded_modes.entry(uid.clone()).or_insert(*mode);
+        for (uid, mode) in slot.prior_modes.into_iter().flatten() {
+            b.recorded_modes.entry(uid.as_str()).or_insert(*mode);
         }
     }
 
-    let runs: Vec<RunPlan> = order.iter().map(|&i| b.plan_run(i)).collect();
+    let runs: Vec<RunPlan> = order.iter().enumerate().map(|(seq, &(.., i))| b.plan_run(i, seq)).collect();
     b.finish(runs)
 }
 
 impl<'a> Builder<'a> {
-    fn add_slot(&mut self, slot: Slot) -> usize {
+    /// Adds a slot holding `claims` (where nothing holds them yet).
+    fn add_slot(&mut self, slot: Slot<'a>, claims: impl Iterator<Item = &'a str>) -> usize {
         let idx = self.slots.len();
-        for c in &slot.claims {
-            self.holder.entry(c.clone()).or_insert(idx);
+        for c in claims {
+            self.holder.entry(c).or_insert(idx);
         }
         self.by_name.insert(slot.name.clone(), idx);
         self.slots.push(slot);
@@ -248,29 +316,31 @@ impl<'a> Builder<'a> {
     }
 
     /// A placeholder to create for run `ri`, with that run's scheduling.
-    fn add_new(&mut self, name: String, claims: BTreeSet<String>, mode: Mode, ri: usize) -> usize {
+    fn add_new(&mut self, name: Name, claims: &[&'a Name], mode: Mode, ri: usize) -> usize {
         let node_selector = placeholder::merged_node_selector(self.state.config, &self.state.runs[ri].scheduling);
-        self.add_slot(Slot {
+        let slot = Slot {
             name,
-            claims,
+            claims: SlotClaims::New(claims.iter().map(|&c| c.clone()).collect()),
             mode,
             existing: false,
-            prior_owners: BTreeSet::new(),
-            prior_modes: BTreeMap::new(),
-            users: BTreeSet::new(),
+            owner_refs: &[],
+            pinned_runs: Vec::new(),
+            prior_modes: None,
+            users: Vec::new(),
             pinned_pods: Vec::new(),
             node: None,
-            node_selector,
+            node_selector: Cow::Owned(node_selector),
             creator: Some(ri),
-        })
+        };
+        self.add_slot(slot, claims.iter().map(|c| c.as_str()))
     }
 
-    fn add_existing(&mut self, e: &ExistingPlaceholder) {
-        if self.by_name.contains_key(&e.name) {
+    fn add_existing(&mut self, e: &'a ExistingPlaceholder) {
+        if self.by_name.contains_key(e.name.as_str()) {
             return;
         }
         for c in &e.claims {
-            if let Some(&other) = self.holder.get(c) {
+            if let Some(&other) = self.holder.get(c.as_str()) {
                 // I1 already broken outside our control (a race, or a hand-made copy): keep the
                 // first holder by name, say so.
                 self.warnings.push(format!(
@@ -279,29 +349,31 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
-        self.add_slot(Slot {
+        let slot = Slot {
             name: e.name.clone(),
-            claims: e.claims.clone(),
+            claims: SlotClaims::Existing(&e.claims),
             mode: e.mode.unwrap_or(self.state.config.mode),
             existing: true,
-            prior_owners: e.owners.iter().map(|o| o.uid.clone()).collect(),
-            prior_modes: e.run_modes.clone(),
-            users: BTreeSet::new(),
+            owner_refs: &e.owners,
+            pinned_runs: Vec::new(),
+            prior_modes: Some(&e.run_modes),
+            users: Vec::new(),
             pinned_pods: Vec::new(),
             node: e.node.clone(),
-            node_selector: e.node_selector.clone(),
+            node_selector: Cow::Borrowed(&e.node_selector),
             creator: None,
-        });
+        };
+        self.add_slot(slot, e.claims.iter().map(Name::as_str));
     }
 
     /// I4: a pinned pod's placeholder exists, whatever the config says.
-    fn add_pinned_demand(&mut self, p: &PinnedPod) {
-        if let Some(&idx) = self.by_name.get(&p.placeholder) {
+    fn add_pinned_demand(&mut self, p: &'a PinnedPod) {
+        if let Some(&idx) = self.by_name.get(p.placeholder.as_str()) {
             self.slots[idx].pinned_pods.push(p.name.clone());
-            self.slots[idx].prior_owners.extend(p.run_uid.clone());
+            self.slots[idx].pinned_runs.extend(p.run_uid.as_deref());
             return;
         }
-        if let Some((c, &other)) = p.claims.iter().find_map(|c| self.holder.get(c).map(|o| (c, o))) {
+        if let Some((c, &other)) = p.claims.iter().find_map(|c| self.holder.get(c.as_str()).map(|o| (c, o))) {
             self.warnings.push(format!(
                 "pod {} is pinned to placeholder {}, which is gone, and its claim {c} is now held by {}: \
                  it cannot be recreated without mounting {c} twice",
@@ -309,37 +381,40 @@ impl<'a> Builder<'a> {
             ));
             return;
         }
-        let run = p.run_uid.as_ref().and_then(|uid| self.state.runs.iter().position(|r| &r.uid == uid));
+        let run = p.run_uid.as_ref().and_then(|uid| self.state.runs.iter().position(|r| r.uid == *uid));
         let mode =
             run.and_then(|i| annotated_mode(&self.state.runs[i]).ok().flatten()).unwrap_or(self.state.config.mode);
         let node_selector = placeholder::merged_node_selector(
             self.state.config,
             run.map(|i| &self.state.runs[i].scheduling).unwrap_or(&NO_SCHEDULING),
         );
-        self.add_slot(Slot {
-            name: p.placeholder.clone(),
-            claims: p.claims.clone(),
+        let slot = Slot {
+            name: Name::from(&p.placeholder),
+            claims: SlotClaims::Pinned(&p.claims),
             mode,
             existing: false,
-            prior_owners: p.run_uid.iter().cloned().collect(),
-            prior_modes: BTreeMap::new(),
-            users: BTreeSet::new(),
+            owner_refs: &[],
+            pinned_runs: p.run_uid.as_deref().into_iter().collect(),
+            prior_modes: None,
+            users: Vec::new(),
             pinned_pods: vec![p.name.clone()],
             node: None,
-            node_selector,
+            node_selector: Cow::Owned(node_selector),
             creator: run,
-        });
+        };
+        self.add_slot(slot, p.claims.iter().map(String::as_str));
     }
 
-    fn plan_run(&mut self, ri: usize) -> RunPlan {
+    /// Plans run `ri`, the `seq`-th in planning order.
+    fn plan_run(&mut self, ri: usize, seq: usize) -> RunPlan {
         let state = self.state;
         let run = &state.runs[ri];
-        let run_claims = claims::run_claims(run, state.claims, state.missing_claims);
-        let managed_names = run_claims.names();
+        let run_claims = claims::run_claims(run, |c| self.pvcs.get(c).copied(), state.missing_claims);
         let mut warnings = Vec::new();
-        let owned: BTreeSet<usize> = self.owned_by.get(&run.uid).cloned().unwrap_or_default();
+        // Empty unless the add-on is disabled (see `owned_by`).
+        let owned: Vec<usize> = self.owned_by.get(run.uid.as_str()).cloned().unwrap_or_default();
         // The mode is fixed when the run is first seen: recorded on the placeholders it uses.
-        let recorded = self.recorded_modes.get(&run.uid).copied();
+        let recorded = self.recorded_modes.get(run.uid.as_str()).copied();
         let mode = match annotated_mode(run) {
             Ok(Some(m)) => m,
             Ok(None) => recorded.unwrap_or(state.config.mode),
@@ -370,66 +445,79 @@ impl<'a> Builder<'a> {
         if rp.status != RunStatus::Managed {
             return rp;
         }
+        self.planned[ri] = Some((seq, mode));
 
         let may_create = state.config.enabled;
         // With the add-on disabled, a run keeps using what it owns and nothing else.
         let usable = |i: usize| may_create || owned.contains(&i);
-        let groups = claims::run_groups(run, &managed_names, mode);
-        for group in &groups {
-            let mut targets: BTreeSet<usize> = BTreeSet::new();
-            let mut remainder: BTreeSet<String> = BTreeSet::new();
-            for c in group {
-                match self.holder.get(c) {
-                    Some(&i) if usable(i) => {
-                        targets.insert(i);
-                    }
+        let mut s = std::mem::take(&mut self.scratch);
+        // The managed claims' names as the run's bindings hold them: they outlive the plan.
+        s.managed.clear();
+        s.managed.extend(
+            run.bindings
+                .iter()
+                .filter_map(|b| b.source.claim_name())
+                .filter(|c| rp.claims.iter().any(|m| m.name == **c)),
+        );
+        s.managed.sort_unstable();
+        s.managed.dedup();
+        let groups = claims::group_labels(run, &s.managed, mode, &mut s.labels, &mut s.parent);
+        for g in 0..groups {
+            s.group.clear();
+            s.group.extend(s.managed.iter().zip(&s.labels).filter(|&(_, l)| *l == Some(g)).map(|(&c, _)| c));
+            let group = &s.group;
+            s.targets.clear();
+            s.remainder.clear();
+            for &c in group {
+                match self.holder.get(c.as_str()) {
+                    Some(&i) if usable(i) => insert_sorted(&mut s.targets, i),
                     Some(_) => {}
-                    None => {
-                        remainder.insert(c.clone());
-                    }
+                    None => s.remainder.push(c),
                 }
             }
             if group.is_empty() && mode.per_run() {
                 // A per-run placeholder with no claim: named after the run, so found by name.
-                let name = names::placeholder_name(NameSeed::Run { name: &run.name, uid: &run.uid });
-                match self.by_name.get(&name) {
-                    Some(&i) if usable(i) => {
-                        targets.insert(i);
-                    }
+                s.name.clear();
+                names::push_placeholder_name(&mut s.name, NameSeed::Run { name: &run.name, uid: &run.uid });
+                match self.by_name.get(s.name.as_str()) {
+                    Some(&i) if usable(i) => insert_sorted(&mut s.targets, i),
                     Some(_) => {}
                     None if may_create => {
-                        targets.insert(self.add_new(name, BTreeSet::new(), mode, ri));
+                        insert_sorted(&mut s.targets, self.add_new(s.name.as_str().into(), &[], mode, ri))
                     }
                     None => {}
                 }
-            } else if !remainder.is_empty() && may_create {
-                let name = names::placeholder_name(NameSeed::Claims(&remainder));
-                if let Some(&taken) = self.by_name.get(&name) {
+            } else if !s.remainder.is_empty() && may_create {
+                s.name.clear();
+                names::push_claims_placeholder_name(&mut s.name, s.remainder.iter().map(|c| c.as_str()));
+                if let Some(&taken) = self.by_name.get(s.name.as_str()) {
                     rp.warnings.push(format!(
-                        "placeholder name {name} is taken by a placeholder holding [{}]; claims [{}] are not held",
-                        join(&self.slots[taken].claims),
-                        join(&remainder)
+                        "placeholder name {} is taken by a placeholder holding [{}]; claims [{}] are not held",
+                        s.name,
+                        join(self.slots[taken].claims.iter()),
+                        join(s.remainder.iter().map(|c| c.as_str()))
                     ));
                 } else {
-                    targets.insert(self.add_new(name, remainder, mode, ri));
+                    insert_sorted(&mut s.targets, self.add_new(s.name.as_str().into(), &s.remainder, mode, ri));
                 }
-            } else if !remainder.is_empty() {
+            } else if !s.remainder.is_empty() {
                 rp.warnings.push(format!(
                     "the add-on is disabled (enabled: false): claims [{}] get no new placeholder",
-                    join(&remainder)
+                    join(s.remainder.iter().map(|c| c.as_str()))
                 ));
             }
+            let targets = &s.targets;
             if targets.len() > 1 {
-                let placeholders: Vec<String> = targets.iter().map(|&i| self.slots[i].name.clone()).collect();
+                let placeholders: Vec<Name> = targets.iter().map(|&i| self.slots[i].name.clone()).collect();
                 let held: Vec<String> = targets
                     .iter()
                     .map(|&i| {
-                        let s = &self.slots[i];
-                        let users: Vec<&str> = s.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
+                        let slot = &self.slots[i];
+                        let users: Vec<&str> = slot.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
                         if users.is_empty() {
-                            s.name.clone()
+                            slot.name.to_string()
                         } else {
-                            format!("{} (held for runs {})", s.name, users.join(", "))
+                            format!("{} (held for runs {})", slot.name, users.join(", "))
                         }
                     })
                     .collect();
@@ -437,43 +525,62 @@ impl<'a> Builder<'a> {
                     "run {} needs claims [{}] on one node, but they are held by different placeholders: {}; \
                      its pods that mount claims of more than one of them are not pinned",
                     run.name,
-                    join(group),
+                    join(group.iter().map(|c| c.as_str())),
                     held.join(" and ")
                 );
                 rp.warnings.push(message.clone());
-                self.conflicts.push(Conflict { run: run.name.clone(), claims: group.clone(), placeholders, message });
+                self.conflicts.push(Conflict {
+                    run: run.name.clone(),
+                    claims: group.iter().map(|&c| c.clone()).collect(),
+                    placeholders,
+                    message,
+                });
             }
-            for c in group {
-                if let Some(&i) = self.holder.get(c).filter(|&&i| targets.contains(&i)) {
+            for &c in group {
+                if let Some(&i) = self.holder.get(c.as_str()).filter(|&&i| targets.contains(&i)) {
                     rp.holders.insert(c.clone(), self.slots[i].name.clone());
                 }
             }
             if mode.per_run() && targets.len() == 1 {
-                rp.home = targets.iter().next().map(|&i| self.slots[i].name.clone());
+                rp.home = Some(self.slots[targets[0]].name.clone());
             }
-            for &i in &targets {
-                let others: Vec<&str> = self.slots[i].users.iter().map(|&u| state.runs[u].name.as_str()).collect();
-                if mode == Mode::IsolatePipelineRun && !others.is_empty() {
+            for &i in targets {
+                let slot = &mut self.slots[i];
+                if mode == Mode::IsolatePipelineRun && !slot.users.is_empty() {
+                    let others: Vec<&str> = slot.users.iter().map(|&u| state.runs[u].name.as_str()).collect();
                     rp.warnings.push(format!(
                         "isolate-pipelinerun: run {} shares placeholder {} with runs {}: they run on one node",
                         run.name,
-                        self.slots[i].name,
+                        slot.name,
                         others.join(", ")
                     ));
                 }
-                self.slots[i].users.insert(ri);
-                self.slots[i].prior_modes.insert(run.uid.clone(), mode);
+                insert_sorted(&mut slot.users, ri);
             }
         }
+        self.scratch = s;
         rp
     }
 
-    fn finish(self, runs: Vec<RunPlan>) -> Plan {
+    /// The mode a placeholder records for its user `u`: that of the last planned of its users
+    /// with `u`'s uid (runs are told apart by uid; two with one uid share the entry).
+    fn recorded_mode(&self, slot: &Slot<'_>, u: usize) -> Option<Mode> {
+        let uid = &self.state.runs[u].uid;
+        let same_uid = slot.users.iter().filter(|&&v| self.state.runs[v].uid == *uid);
+        same_uid.filter_map(|&v| self.planned[v]).max_by_key(|&(seq, _)| seq).map(|(_, mode)| mode)
+    }
+
+    fn finish(mut self, runs: Vec<RunPlan>) -> Plan {
         let state = self.state;
-        let mut placeholders = Vec::with_capacity(self.slots.len());
+        // Names are unique among slots: building in name order sorts the plan without moving
+        // whole placeholders around.
+        let mut in_order: Vec<usize> = (0..self.slots.len()).collect();
+        in_order.sort_unstable_by(|&a, &b| self.slots[a].name.cmp(&self.slots[b].name));
+        let mut slots: Vec<Option<Slot<'_>>> = std::mem::take(&mut self.slots).into_iter().map(Some).collect();
+        let mut placeholders = Vec::with_capacity(slots.len());
         let mut delete = Vec::new();
-        // Slots are consumed: their data moves into the plan instead of being copied.
-        for slot in self.slots {
+        for i in in_order {
+            let Some(slot) = slots[i].take() else { continue };
             if slot.existing && slot.users.is_empty() && slot.pinned_pods.is_empty() {
                 delete.push(slot.name);
                 continue;
@@ -492,13 +599,10 @@ impl<'a> Builder<'a> {
                 })
                 .collect();
             owners.sort();
-            let run_modes: BTreeMap<String, Mode> = slot
+            let run_modes: BTreeMap<Name, Mode> = slot
                 .users
                 .iter()
-                .filter_map(|&u| {
-                    let uid = &state.runs[u].uid;
-                    Some((uid.clone(), *slot.prior_modes.get(uid)?))
-                })
+                .filter_map(|&u| Some((state.runs[u].uid.clone(), self.recorded_mode(&slot, u)?)))
                 .collect();
             let create = (!slot.existing).then(|| {
                 let scheduling = slot.creator.map(|c| &state.runs[c].scheduling).unwrap_or(&NO_SCHEDULING);
@@ -512,18 +616,16 @@ impl<'a> Builder<'a> {
             });
             placeholders.push(PlannedPlaceholder {
                 name: slot.name,
-                claims: slot.claims,
+                claims: slot.claims.into_set(),
                 mode: slot.mode,
                 owners,
                 run_modes,
                 pinned_pods: slot.pinned_pods,
                 node: slot.node,
-                node_selector: slot.node_selector,
+                node_selector: slot.node_selector.into_owned(),
                 create,
             });
         }
-        placeholders.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        delete.sort();
         Plan {
             namespace: state.namespace.to_string(),
             runs,
@@ -543,8 +645,8 @@ static NO_SCHEDULING: Scheduling = Scheduling {
     priority_class_name: None,
 };
 
-fn join(set: &BTreeSet<String>) -> String {
-    set.iter().cloned().collect::<Vec<_>>().join(", ")
+fn join<'s>(names: impl IntoIterator<Item = &'s str>) -> String {
+    names.into_iter().collect::<Vec<_>>().join(", ")
 }
 
 /// The run's opt-out annotation: absent means enabled.
@@ -554,8 +656,12 @@ pub fn run_enabled(run: &Run) -> Result<bool, String> {
 
 /// `affinity-assistant.dev/enabled` on a run or pod; an unreadable value is an error (the
 /// user meant something: the add-on keeps its hands off).
-pub fn annotation_enabled(annotations: &BTreeMap<String, String>) -> Result<bool, String> {
-    match annotations.get(names::ANNOTATION_ENABLED) {
+pub fn annotation_enabled<K, V>(annotations: &BTreeMap<K, V>) -> Result<bool, String>
+where
+    K: std::borrow::Borrow<str> + Ord,
+    V: AsRef<str>,
+{
+    match annotations.get(names::ANNOTATION_ENABLED).map(AsRef::as_ref) {
         None => Ok(true),
         Some(v) => {
             parse_bool(v).map_err(|allowed| format!("annotation {}: {v:?}: {allowed}", names::ANNOTATION_ENABLED))

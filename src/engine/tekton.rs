@@ -46,17 +46,17 @@ impl Engine for Tekton {
     fn pod_run(&self, pod: &PodMeta) -> Option<RunRef> {
         let name = pod.labels.get(LABEL_PIPELINE_RUN).filter(|n| !n.is_empty())?;
         Some(RunRef {
-            name: name.clone(),
-            uid: pod.labels.get(LABEL_PIPELINE_RUN_UID).filter(|u| !u.is_empty()).cloned(),
+            name: name.to_string(),
+            uid: pod.labels.get(LABEL_PIPELINE_RUN_UID).filter(|u| !u.is_empty()).map(|u| u.to_string()),
         })
     }
 
     fn pod_task<'a>(&self, pod: &'a PodMeta) -> Option<&'a str> {
-        pod.labels.get(LABEL_PIPELINE_TASK).map(String::as_str)
+        pod.labels.get(LABEL_PIPELINE_TASK).map(|t| t.as_ref())
     }
 
     fn pod_skip(&self, pod: &PodMeta) -> Option<EngineSkip> {
-        if pod.labels.get(crate::names::LABEL_APP_COMPONENT).map(String::as_str) == Some(TEKTON_ASSISTANT_COMPONENT) {
+        if pod.labels.get(crate::names::LABEL_APP_COMPONENT).map(|c| c.as_ref()) == Some(TEKTON_ASSISTANT_COMPONENT) {
             Some(EngineSkip::EnginePlaceholder)
         } else if pod.annotations.contains_key(ANNOTATION_TEKTON_ASSISTANT) {
             Some(EngineSkip::EngineAssistant)
@@ -380,7 +380,7 @@ impl PipelineRun {
             .spec
             .workspaces
             .iter()
-            .map(|b| Binding { workspace: b.name.clone(), source: self.claim_source(b) })
+            .map(|b| Binding { workspace: b.name.as_str().into(), source: self.claim_source(b) })
             .collect();
         let overrides: BTreeMap<&str, &PodTemplate> = self
             .spec
@@ -406,8 +406,8 @@ impl PipelineRun {
         Ok(Run {
             engine: "tekton",
             namespace: self.metadata.namespace.clone().unwrap_or_default(),
-            name: self.name().to_string(),
-            uid: self.uid().to_string(),
+            name: self.name().into(),
+            uid: self.uid().into(),
             api_version: API_VERSION.into(),
             kind: KIND_PIPELINE_RUN.into(),
             created: self.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
@@ -428,10 +428,10 @@ impl PipelineRun {
 
     fn claim_source(&self, b: &WorkspaceBinding) -> ClaimSource {
         if let Some(c) = b.persistent_volume_claim.as_ref().filter(|c| !c.claim_name.is_empty()) {
-            ClaimSource::Claim(c.claim_name.clone())
+            ClaimSource::Claim(c.claim_name.as_str().into())
         } else if let Some(t) = &b.volume_claim_template {
             ClaimSource::Template {
-                claim: template_claim_name(t.metadata.as_ref().map(|m| m.name.as_str()), &b.name, self.uid()),
+                claim: template_claim_name(t.metadata.as_ref().map(|m| m.name.as_str()), &b.name, self.uid()).into(),
                 access_modes: t.spec.as_ref().map(|s| s.access_modes.clone()).unwrap_or_default(),
             }
         } else {
@@ -569,17 +569,17 @@ mod tests {
 
     #[test]
     fn pod_recognition() {
-        let pod: PodMeta = serde_json::from_value(json!({"labels": {
+        let pod = PodMeta::deserialize(json!({"labels": {
             "tekton.dev/pipelineRun": "r", "tekton.dev/pipelineRunUID": "u", "tekton.dev/pipelineTask": "build"}}))
         .unwrap();
         assert_eq!(Tekton.pod_run(&pod), Some(RunRef { name: "r".into(), uid: Some("u".into()) }));
         assert_eq!(Tekton.pod_task(&pod), Some("build"));
         assert_eq!(Tekton.pod_skip(&pod), None);
-        let aa: PodMeta =
-            serde_json::from_value(json!({"labels": {"app.kubernetes.io/component": "affinity-assistant"}})).unwrap();
+        let aa =
+            PodMeta::deserialize(json!({"labels": {"app.kubernetes.io/component": "affinity-assistant"}})).unwrap();
         assert_eq!(Tekton.pod_skip(&aa), Some(EngineSkip::EnginePlaceholder));
-        let pinned: PodMeta =
-            serde_json::from_value(json!({"annotations": {"pipeline.tekton.dev/affinity-assistant": "x"}})).unwrap();
+        let pinned =
+            PodMeta::deserialize(json!({"annotations": {"pipeline.tekton.dev/affinity-assistant": "x"}})).unwrap();
         assert_eq!(Tekton.pod_skip(&pinned), Some(EngineSkip::EngineAssistant));
         assert!(
             coschedule_enabled(None) && coschedule_enabled(Some("workspaces")) && !coschedule_enabled(Some("disabled"))

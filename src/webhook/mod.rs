@@ -73,12 +73,12 @@ pub struct PlanDecider {
 }
 
 impl Decider for PlanDecider {
-    async fn decide(&self, pod: &TaskPod) -> Decision {
-        match self.plans.get(&pod.metadata.namespace) {
+    async fn decide(&self, pod: &TaskPod<'_>) -> Decision {
+        match self.plans.get(pod.metadata.namespace.as_ref()) {
             Some(plan) => crate::core::decide(pod, plan, self.controller_alive),
             None => {
                 let empty = Plan {
-                    namespace: pod.metadata.namespace.clone(),
+                    namespace: pod.metadata.namespace.to_string(),
                     runs: vec![],
                     placeholders: vec![],
                     delete: vec![],

@@ -113,7 +113,7 @@ struct ResponseOut<'a> {
 
 /// Answers one AdmissionReview. Never fails, never panics (a panicking decider is caught).
 pub async fn handle_review<D: Decider>(body: &[u8], decider: &D, options: ReviewOptions) -> Admission {
-    match serde_json::from_slice::<ReviewIn<TaskPod>>(body) {
+    match crate::engine::from_json_slice::<ReviewIn<TaskPod>>(body) {
         Ok(review) => handle_parsed(review, decider, options).await,
         Err(_) => handle_unreadable(body),
     }
@@ -143,7 +143,7 @@ pub fn unreadable(prefix: &[u8], why: &str) -> Admission {
     )
 }
 
-async fn handle_parsed<D: Decider>(review: ReviewIn<TaskPod>, decider: &D, options: ReviewOptions) -> Admission {
+async fn handle_parsed<D: Decider>(review: ReviewIn<TaskPod<'_>>, decider: &D, options: ReviewOptions) -> Admission {
     if let Some(answer) = check_envelope(&review) {
         return answer;
     }
@@ -161,7 +161,7 @@ async fn handle_parsed<D: Decider>(review: ReviewIn<TaskPod>, decider: &D, optio
         );
     };
     if pod.metadata.namespace.is_empty() {
-        pod.metadata.namespace = request.namespace.unwrap_or_default();
+        pod.metadata.namespace = request.namespace.unwrap_or_default().into();
     }
     let dry_run = request.dry_run.unwrap_or(false);
     if !decider.ready() {
@@ -318,8 +318,8 @@ fn handle_unreadable(body: &[u8]) -> Admission {
     )
 }
 
-fn pinned(uid: &str, pod: &TaskPod, pin: &Pin, dry_run: bool) -> Admission {
-    let patch = match serde_json::to_vec(&pin.patch) {
+fn pinned(uid: &str, pod: &TaskPod<'_>, pin: &Pin, dry_run: bool) -> Admission {
+    let patch = match pin.patch_json() {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "could not serialise the JSONPatch; pod not pinned");
@@ -344,12 +344,12 @@ fn pinned(uid: &str, pod: &TaskPod, pin: &Pin, dry_run: bool) -> Admission {
     respond(uid, Some(patch), None, Outcome::Pinned)
 }
 
-fn skipped(uid: &str, pod: &TaskPod, skip: Skip, dry_run: bool) -> Admission {
+fn skipped(uid: &str, pod: &TaskPod<'_>, skip: Skip, dry_run: bool) -> Admission {
     let warning = if skip.reason.warns() {
         tracing::warn!(
             namespace = %pod.metadata.namespace,
             pod = %pod.metadata.display_name(),
-            run = pod.metadata.labels.get("tekton.dev/pipelineRun").map(String::as_str).unwrap_or(""),
+            run = pod.metadata.labels.get("tekton.dev/pipelineRun").map(|r| r.as_ref()).unwrap_or(""),
             claims = %pod.claims().join(","),
             reason = skip.reason.as_str(),
             dry_run,

@@ -5,7 +5,7 @@
 use affinity_assistant::config::Config;
 use affinity_assistant::core::{self, Decision, MissingClaims, NamespaceState, Pin, Plan, Skip};
 use affinity_assistant::engine::tekton::PipelineRun;
-use affinity_assistant::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, PinnedPod, Run};
+use affinity_assistant::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, PinnedPod, Run};
 use affinity_assistant::pod::TaskPod;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -170,7 +170,7 @@ pub fn pod_json(run: &Run, task: &str, claims: &[&str]) -> Value {
     })
 }
 
-pub fn pod(run: &Run, task: &str, claims: &[&str]) -> TaskPod {
+pub fn pod(run: &Run, task: &str, claims: &[&str]) -> TaskPod<'static> {
     TaskPod::from_value(&pod_json(run, task, claims)).expect("valid pod")
 }
 
@@ -190,6 +190,10 @@ pub fn expect_skip(d: Decision) -> Skip {
 
 pub fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn name_set(items: &[&str]) -> BTreeSet<Name> {
+    items.iter().map(|&s| Name::from(s)).collect()
 }
 
 /// Applies a pin's JSONPatch to a pod's JSON.
