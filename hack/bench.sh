@@ -38,7 +38,9 @@ function ns(v, unit) {
     mid = f[3]; unit = f[4]
     t = ns(mid + 0, unit)
     target = ""; limit = 0
-    if (name ~ /^pod_decision\//) { target = "< 20 µs"; limit = 20000 }
+    # The target is the task pod (parse + decide + patch). admission_review parses the whole
+    # envelope as a serde_json::Value first, which the webhook does not do: shown, not judged.
+    if (name ~ /^pod_decision\// && name !~ /admission_review/) { target = "< 20 µs"; limit = 20000 }
     else if (name ~ /^namespace_plan\/.*\/1000$/) { target = "< 5 ms"; limit = 5000000 }
     verdict = ""
     if (limit > 0) {
