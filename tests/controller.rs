@@ -3,79 +3,21 @@
 
 mod support;
 
-use affinity_assistant::cluster::Caches;
-use affinity_assistant::cluster::watch::{self, WatchOptions};
-use affinity_assistant::controller::{self, Context, ControllerMetrics, Options};
 use affinity_assistant::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 use support::apiserver::{FakeApiServer, Fault, Verb};
 use support::world::*;
-use tokio::sync::watch as tokio_watch;
-use tokio_util::sync::CancellationToken;
 
 const NS: &str = "ci";
-const OWN: &str = "affinity-assistant";
-
-struct Controller {
-    caches: Arc<Caches>,
-    leader: tokio_watch::Sender<bool>,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Controller {
-    async fn stop(self) {
-        self.stop.cancel();
-        for t in self.tasks {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-}
-
-fn options() -> Options {
-    Options {
-        grace_period: Duration::from_millis(300),
-        not_ready_after: Duration::from_secs(300),
-        pending_after: Duration::from_secs(120),
-        concurrency: 4,
-        resync: Duration::from_millis(500),
-    }
-}
 
 /// Starts caches, watchers and a controller that is leader (unless told otherwise).
 async fn start(client: Client, leader: bool) -> Controller {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    let caches = Arc::new(Caches::default());
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ControllerMetrics::register(&mut registry);
-    let recorder = kube::runtime::events::Recorder::new(
-        client.clone(),
-        kube::runtime::events::Reporter { controller: "affinity-assistant".into(), instance: Some("test".into()) },
-    );
-    let reporter = controller::config_reporter(recorder, metrics.clone());
-    let watch_options = WatchOptions {
-        namespaces: vec![],
-        own_namespace: OWN.into(),
-        config_name: "feature-flags".into(),
-        lease_name: "affinity-assistant-leader".into(),
-    };
-    let (triggers, mut tasks) = watch::start(client.clone(), caches.clone(), &watch_options, reporter);
-    let (leader_tx, leader_rx) = tokio_watch::channel(leader);
-    let ctx = Context::new(client, caches.clone(), metrics, leader_rx, options(), Some("test".into()));
-    let stop = CancellationToken::new();
-    let stopped = stop.clone().cancelled_owned();
-    tasks.push(tokio::spawn(controller::run(ctx, triggers, stopped)));
-    Controller { caches, leader: leader_tx, stop, tasks }
+    Controller::start(client, "test", leader)
 }
 
 fn owner_names(sts: &Value) -> BTreeSet<String> {

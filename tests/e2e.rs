@@ -55,6 +55,8 @@ mod offline;
 mod storage;
 #[path = "e2e/tekton.rs"]
 mod tekton;
+#[path = "support/world.rs"]
+mod world;
 
 use affinity_assistant::names;
 use anyhow::{Context as _, anyhow, bail, ensure};

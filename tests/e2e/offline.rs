@@ -15,9 +15,6 @@ use crate::apiserver::{FakeApiServer, ResponseBody};
 use crate::cluster::{is_schedulable, node_of, required_terms};
 use crate::env::{Env, Settings, drive};
 use crate::tekton::Mode;
-use affinity_assistant::cluster::Caches;
-use affinity_assistant::cluster::watch::{self, WatchOptions};
-use affinity_assistant::controller::{self, Context, ControllerMetrics, Options};
 use affinity_assistant::decider::CacheDecider;
 use affinity_assistant::names;
 use affinity_assistant::webhook::review::{ReviewOptions, handle_review};
@@ -37,8 +34,7 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const OWN_NAMESPACE: &str = "affinity-assistant";
-const LEASE: &str = "affinity-assistant-leader";
+use crate::world::{LEASE, OWN as OWN_NAMESPACE};
 pub const NODES: [&str; 2] = ["node-1", "node-2"];
 
 /// The API server plus the add-on and the stand-ins, running until dropped.
@@ -77,17 +73,6 @@ where
         .unwrap_or_else(|e| panic!("{name}: preflight against the in-memory cluster: {e:#}"));
     let env = Env::offline(name, offline.client.clone(), settings, Mode::Fake);
     drive(name, Arc::new(env), body).await;
-}
-
-fn options() -> Options {
-    Options {
-        // The add-on's --move-grace-seconds, shortened: the cordon scenario waits for it.
-        grace_period: Duration::from_millis(300),
-        not_ready_after: Duration::from_secs(300),
-        pending_after: Duration::from_secs(120),
-        concurrency: 4,
-        resync: Duration::from_millis(500),
-    }
 }
 
 fn node(name: &str) -> Value {
@@ -143,25 +128,8 @@ async fn start() -> Offline {
             "objectSelector": {"matchExpressions": [{"key": affinity_assistant::engine::tekton::LABEL_PIPELINE_RUN,
                 "operator": "Exists"}]}}]}));
     let plain = server.client();
-    let caches = Arc::new(Caches::default());
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ControllerMetrics::register(&mut registry);
-    let recorder = kube::runtime::events::Recorder::new(
-        plain.clone(),
-        kube::runtime::events::Reporter { controller: "affinity-assistant".into(), instance: Some("offline".into()) },
-    );
-    let reporter = controller::config_reporter(recorder, metrics.clone());
-    let watch_options = WatchOptions {
-        namespaces: vec![],
-        own_namespace: OWN_NAMESPACE.into(),
-        config_name: "feature-flags".into(),
-        lease_name: LEASE.into(),
-    };
-    let (triggers, mut tasks) = watch::start(plain.clone(), caches.clone(), &watch_options, reporter);
-    let (leader, leader_rx) = tokio::sync::watch::channel(true);
-    let ctx = Context::new(plain.clone(), caches.clone(), metrics, leader_rx, options(), Some("offline".into()));
-    let stop = CancellationToken::new();
-    tasks.push(tokio::spawn(controller::run(ctx, triggers, stop.clone().cancelled_owned())));
+    let crate::world::Controller { caches, leader, stop, mut tasks } =
+        crate::world::Controller::start(plain.clone(), "offline", true);
     tasks.push(tokio::spawn(control_plane(plain.clone())));
     let decider = CacheDecider {
         caches,

@@ -3,12 +3,82 @@
 #![allow(dead_code)]
 
 use super::apiserver::FakeApiServer;
+use affinity_assistant::cluster::Caches;
+use affinity_assistant::cluster::watch::{self, WatchOptions};
+use affinity_assistant::controller::{self, Context, ControllerMetrics, Options};
 use affinity_assistant::names;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The add-on's namespace in every test world.
+pub const OWN: &str = "affinity-assistant";
+pub const LEASE: &str = "affinity-assistant-leader";
+
+/// Controller options for tests: the move grace period and resync shortened so that tests
+/// wait for them in milliseconds.
+pub fn test_options() -> Options {
+    Options {
+        grace_period: Duration::from_millis(300),
+        not_ready_after: Duration::from_secs(300),
+        pending_after: Duration::from_secs(120),
+        concurrency: 4,
+        resync: Duration::from_millis(500),
+    }
+}
+
+/// Caches, watchers and a controller, as `run` wires them, with leadership in the test's hands.
+pub struct Controller {
+    pub caches: Arc<Caches>,
+    pub leader: tokio::sync::watch::Sender<bool>,
+    pub stop: CancellationToken,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Controller {
+    /// Starts them; `identity` names the Event reporter instance.
+    pub fn start(client: Client, identity: &str, leader: bool) -> Controller {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let caches = Arc::new(Caches::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = ControllerMetrics::register(&mut registry);
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "affinity-assistant".into(),
+                instance: Some(identity.into()),
+            },
+        );
+        let reporter = controller::config_reporter(recorder, metrics.clone());
+        let watch_options = WatchOptions {
+            namespaces: vec![],
+            own_namespace: OWN.into(),
+            config_name: "feature-flags".into(),
+            lease_name: LEASE.into(),
+        };
+        let (triggers, mut tasks) = watch::start(client.clone(), caches.clone(), &watch_options, reporter);
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(leader);
+        let ctx = Context::new(client, caches.clone(), metrics, leader_rx, test_options(), Some(identity.into()));
+        let stop = CancellationToken::new();
+        tasks.push(tokio::spawn(controller::run(ctx, triggers, stop.clone().cancelled_owned())));
+        Controller { caches, leader: leader_tx, stop, tasks }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
 
 pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
