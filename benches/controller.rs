@@ -58,6 +58,8 @@ fn run_json(i: usize, ns: &str) -> Value {
     json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
         "metadata": {"name": format!("run-{i}"), "namespace": ns, "uid": format!("uid-{i:08}"),
             "creationTimestamp": "2026-11-23T00:00:00Z",
+            "resourceVersion": format!("{}", 48_213_377 + i), "generation": 1,
+            "finalizers": ["chains.tekton.dev/pipelinerun"],
             "labels": {"tekton.dev/pipeline": "build", "app": "ci"},
             "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(1500)},
             "managedFields": [{"manager": "tekton", "operation": "Update", "fieldsV1": {"f:status": {}}}]},

@@ -65,8 +65,8 @@ pub fn trim_node(node: &mut Node) {
     }
 }
 
-/// Runs: the add-on reads only its own annotations (opt-out, mode), never labels, owners or
-/// finalizers; with thousands of active runs these are most of what a run would cost.
+/// Runs: the add-on reads only its own annotations (opt-out, mode), never labels, owners,
+/// finalizers or versions; with thousands of active runs these are most of what a run would cost.
 pub fn trim_run(run: &mut PipelineRun) {
     trim_meta(run);
     let meta = &mut run.metadata;
@@ -74,6 +74,9 @@ pub fn trim_run(run: &mut PipelineRun) {
     meta.owner_references = None;
     meta.finalizers = None;
     meta.generate_name = None;
+    // The watcher keeps its own resourceVersion; the store never compares them.
+    meta.resource_version = None;
+    meta.generation = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.retain(|k, _| k.starts_with(names::DOMAIN));
         if a.is_empty() {

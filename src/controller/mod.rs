@@ -92,10 +92,31 @@ struct Memory {
     priority_classes: HashMap<String, (bool, Instant)>,
 }
 
+/// Event recorders sharded by namespace. kube-runtime's recorder scans its whole cache of
+/// recent Events on every publish; with one recorder, creating thousands of placeholders made
+/// each Event cost O(all recent Events) inside the reconcile. An Event's series (the patch of a
+/// repeated Event) stays within its namespace, so it stays within its shard.
+pub struct Recorders(Vec<Recorder>);
+
+impl Recorders {
+    const SHARDS: usize = 32;
+
+    pub fn new(client: &Client, reporter: &Reporter) -> Recorders {
+        Recorders((0..Self::SHARDS).map(|_| Recorder::new(client.clone(), reporter.clone())).collect())
+    }
+
+    pub fn for_namespace(&self, namespace: &str) -> &Recorder {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        namespace.hash(&mut h);
+        &self.0[(h.finish() % Self::SHARDS as u64) as usize]
+    }
+}
+
 pub struct Context {
     pub client: Client,
     pub caches: Arc<Caches>,
-    pub recorder: Recorder,
+    pub recorders: Recorders,
     pub metrics: ControllerMetrics,
     pub leader: watch::Receiver<bool>,
     pub options: Options,
@@ -114,7 +135,7 @@ impl Context {
     ) -> Arc<Context> {
         let reporter = Reporter { controller: "affinity-assistant".into(), instance };
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorders: Recorders::new(&client, &reporter),
             client,
             caches,
             metrics,

@@ -110,7 +110,8 @@ async fn event(ctx: &Context, target: &ObjectReference, type_: EventType, reason
         note.push_str("...");
     }
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, target).await {
+    let recorder = ctx.recorders.for_namespace(target.namespace.as_deref().unwrap_or_default());
+    if let Err(e) = recorder.publish(&ev, target).await {
         warn!(error = %e, reason, "could not record an Event");
     }
 }
