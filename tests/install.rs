@@ -24,7 +24,6 @@ use support::world::*;
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "ci";
-const OWN: &str = "affinity-assistant";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn release_path() -> std::path::PathBuf {
@@ -169,16 +168,27 @@ fn authorizes(scope: &Scope, grant: &Grant, r: &RequestRecord) -> bool {
 }
 
 fn settings(identity: &str) -> Settings {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
+    init_tracing();
     let mut s = Settings::new(identity);
     s.namespace = OWN.into();
     s.webhook_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     s.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     s.move_grace = Duration::from_millis(0);
     s
+}
+
+/// The placeholder of claim `src` alone.
+fn src_placeholder() -> String {
+    affinity_assistant::names::placeholder_name(affinity_assistant::names::NameSeed::Claims(
+        &["src".to_string()].into_iter().collect(),
+    ))
+}
+
+/// An HTTPS client of the running webhook, trusting the CA in the add-on's Secret.
+async fn webhook_client(server: &FakeApiServer, running: &runtime::Running) -> webhook_support::Client {
+    let ca = secret_data(server, OWN, manifests::TLS_SECRET).remove("ca.crt").expect("a CA in the Secret");
+    let config = webhook_support::client_config(std::str::from_utf8(&ca).unwrap());
+    webhook_support::Client::connect(running.webhook_addr.unwrap(), config).await.expect("TLS")
 }
 
 fn run_pod(run: &str, run_uid: &str, claim: &str) -> Value {
@@ -273,20 +283,14 @@ async fn exercise(watch_namespaces: Vec<String>, stale_secret: bool) -> Vec<Requ
     tokio::time::sleep(Duration::from_millis(100)).await;
     let uid3 = put_run(&server, "r3", "cache");
     put_pvc(&server, "cache", None);
-    let secret = server.get("secrets", OWN, manifests::TLS_SECRET).unwrap();
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.decode(secret["data"]["ca.crt"].as_str().unwrap()).unwrap();
-    let config = webhook_support::client_config(std::str::from_utf8(&ca).unwrap());
-    let mut https = webhook_support::Client::connect(running.webhook_addr.unwrap(), config).await.expect("TLS");
+    let mut https = webhook_client(&server, &running).await;
     let review = webhook_support::review("u1", &run_pod("r3", &uid3, "cache"), "CREATE");
     let answer = https.post("/mutate/pods", &webhook_support::to_bytes(&review)).await.unwrap().json();
     assert!(answer["response"]["patch"].is_string(), "pinned after reading the run and claim: {answer}");
     server.faults().clear();
 
     // A cordoned node: the placeholder moves (its volume is checked first).
-    let name = affinity_assistant::names::placeholder_name(affinity_assistant::names::NameSeed::Claims(
-        &["src".to_string()].into_iter().collect(),
-    ));
+    let name = src_placeholder();
     server.insert(placeholder_pod(NS, &name, "n1"));
     edit(&server, "nodes", "", "n1", |n| n["spec"]["unschedulable"] = json!(true));
     let pod_name = format!("{name}-0");
@@ -389,15 +393,18 @@ async fn local_mode_registers_its_webhook_configuration_and_removes_it_on_exit()
     })
     .await;
     // The serving certificate names the URL's host, so the API server can verify it.
-    let secret = server.get("secrets", OWN, manifests::TLS_SECRET).unwrap();
-    use base64::Engine as _;
-    let pem = base64::engine::general_purpose::STANDARD.decode(secret["data"]["tls.crt"].as_str().unwrap()).unwrap();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).map(|c: rustls::pki_types::CertificateDer| c);
-    let ca = base64::engine::general_purpose::STANDARD.decode(secret["data"]["ca.crt"].as_str().unwrap()).unwrap();
-    let ca = rustls::pki_types::pem::PemObject::from_pem_slice(&ca).map(|c: rustls::pki_types::CertificateDer| c);
+    let data = secret_data(&server, OWN, manifests::TLS_SECRET);
+    let der = |key: &str| -> rustls::pki_types::CertificateDer<'static> {
+        rustls::pki_types::pem::PemObject::from_pem_slice(&data[key]).expect("a PEM certificate")
+    };
     let now = affinity_assistant::webhook::certs::generate::unix(std::time::SystemTime::now());
-    affinity_assistant::webhook::certs::generate::verify(&der.unwrap(), &ca.unwrap(), &["192.168.49.1".into()], now)
-        .expect("certificate valid for the URL's host");
+    affinity_assistant::webhook::certs::generate::verify(
+        &der("tls.crt"),
+        &der("ca.crt"),
+        &["192.168.49.1".into()],
+        now,
+    )
+    .expect("certificate valid for the URL's host");
     running.shutdown().await;
     assert!(server.get("mutatingwebhookconfigurations", "", "affinity-assistant-local").is_none(), "removed on exit");
 }
@@ -419,9 +426,7 @@ async fn an_upgrade_adopts_the_placeholders_an_earlier_release_created() {
     let client = server.client();
     create_pvc(&client, NS, "src", "ReadWriteOnce").await;
     let uid = create_run(&client, NS, "r1", &["src"], json!({})).await;
-    let name = affinity_assistant::names::placeholder_name(affinity_assistant::names::NameSeed::Claims(
-        &["src".to_string()].into_iter().collect(),
-    ));
+    let name = src_placeholder();
     let earlier: Value = serde_yaml::from_str(
         &std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/placeholder-v0.1.0.yaml"),
@@ -445,14 +450,11 @@ async fn an_upgrade_adopts_the_placeholders_an_earlier_release_created() {
     assert!(writes.is_empty(), "the earlier placeholder was replaced: {writes:?}");
     assert_eq!(placeholders(&server, NS).len(), 1);
     // And the webhook pins to it.
-    let secret = server.get("secrets", OWN, manifests::TLS_SECRET).unwrap();
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.decode(secret["data"]["ca.crt"].as_str().unwrap()).unwrap();
-    let config = webhook_support::client_config(std::str::from_utf8(&ca).unwrap());
     eventually("webhook serving", WAIT, || server.get("leases", OWN, manifests::LEASE).is_some()).await;
-    let mut https = webhook_support::Client::connect(running.webhook_addr.unwrap(), config).await.expect("TLS");
+    let mut https = webhook_client(&server, &running).await;
     let answer = https.post("/mutate/pods", &webhook_support::to_bytes(&pod)).await.unwrap().json();
     let patch = answer["response"]["patch"].as_str().expect("a patch: the pod is pinned");
+    use base64::Engine as _;
     let patch = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(patch).unwrap()).unwrap();
     assert!(patch.contains(&name), "pinned to the earlier placeholder: {patch}");
     running.shutdown().await;

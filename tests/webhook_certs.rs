@@ -344,7 +344,7 @@ async fn renewal_changes_the_served_certificate_without_a_failed_handshake() {
     leader.policy.ca_propagation = Duration::ZERO;
     let step = leader.step(&leader_store, SystemTime::now()).await.unwrap();
     assert!(step.renewed.is_some() && !step.reloaded, "adding the next CA changes no served certificate");
-    assert_eq!(Bundle::from_data(&secret_data(&api)).ca_certs().len(), 2);
+    assert_eq!(Bundle::from_data(&support::world::secret_data(&api, NAMESPACE, SECRET)).ca_certs().len(), 2);
     settle().await;
     let step = leader.step(&leader_store, SystemTime::now()).await.unwrap();
     assert!(step.reloaded, "promoted: {step:?}");
@@ -365,11 +365,6 @@ async fn renewal_changes_the_served_certificate_without_a_failed_handshake() {
     // A connection opened before the renewals still works.
     assert_eq!(kept.get("/nope").await.unwrap().status, 404);
     shutdown.cancel();
-}
-
-fn secret_data(api: &FakeApiServer) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let s: Secret = api.get_as(NAMESPACE, SECRET).unwrap();
-    s.data.unwrap().into_iter().map(|(k, v)| (k, v.0)).collect()
 }
 
 #[tokio::test]

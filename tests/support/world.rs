@@ -31,6 +31,20 @@ pub fn test_options() -> Options {
     }
 }
 
+/// Test logs, filtered by `RUST_LOG`, captured per test.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}
+
+/// A stored Secret's data, decoded.
+pub fn secret_data(server: &FakeApiServer, ns: &str, name: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let s: k8s_openapi::api::core::v1::Secret = server.get_as(ns, name).expect("the Secret exists");
+    s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()
+}
+
 /// Caches, watchers and a controller, as `run` wires them, with leadership in the test's hands.
 pub struct Controller {
     pub caches: Arc<Caches>,
@@ -42,10 +56,7 @@ pub struct Controller {
 impl Controller {
     /// Starts them; `identity` names the Event reporter instance.
     pub fn start(client: Client, identity: &str, leader: bool) -> Controller {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
+        init_tracing();
         let caches = Arc::new(Caches::default());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = ControllerMetrics::register(&mut registry);
