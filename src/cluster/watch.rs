@@ -82,6 +82,17 @@ where
     })
 }
 
+/// The names of the cluster-scoped objects a watcher event carries (their triggers are
+/// derived from the names, not from a namespace).
+fn names_in<K: Resource>(event: &watcher::Event<K>) -> std::collections::BTreeSet<String> {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+            o.meta().name.clone().into_iter().collect()
+        }
+        _ => Default::default(),
+    }
+}
+
 /// Starts every watcher; returns the trigger stream and the tasks.
 pub fn start(
     client: Client,
@@ -115,12 +126,7 @@ pub fn start(
         Api::<Node>::all(client.clone()),
         WatcherConfig::default(),
         move |e| {
-            let nodes: Vec<String> = match &e {
-                watcher::Event::Apply(n) | watcher::Event::Delete(n) | watcher::Event::InitApply(n) => {
-                    n.metadata.name.clone().into_iter().collect()
-                }
-                _ => vec![],
-            };
+            let nodes = names_in(&e);
             c.nodes.apply(e);
             c.placeholder_pods
                 .all()
@@ -140,12 +146,7 @@ pub fn start(
         Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
         WatcherConfig::default().labels(&format!("{}=false", crate::names::LABEL_NAMESPACE_ENABLED)),
         move |e| {
-            let names: std::collections::BTreeSet<String> = match &e {
-                watcher::Event::Apply(n) | watcher::Event::Delete(n) | watcher::Event::InitApply(n) => {
-                    n.metadata.name.clone().into_iter().collect()
-                }
-                _ => Default::default(),
-            };
+            let names = names_in(&e);
             c.opted_out.apply(e);
             names
         },
