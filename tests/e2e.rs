@@ -13,7 +13,7 @@
 //! - Tekton, real or not. With a Tekton controller (`E2E_TEKTON=real`, or detected) the suite
 //!   creates PipelineRuns and lets Tekton make TaskRuns and pods; Tekton's `coschedule` must be
 //!   `disabled`. Without one the suite applies the real Tekton CRDs from
-//!   `../shared/fixtures/tekton/crds` and plays Tekton's part exactly (see `e2e/tekton.rs`).
+//!   `tests/fixtures/tekton/crds` and plays Tekton's part exactly (see `e2e/tekton.rs`).
 //! - No volume provisioner: every claim is bound to a static `hostPath` PersistentVolume.
 //! - No kubelet. The suite never waits for a pod to run, only for the scheduler to bind it;
 //!   where a kubelet would finish a graceful deletion, a stand-in does (`e2e/env.rs`). So it

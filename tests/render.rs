@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tekton/examples");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tekton/examples");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e} (the shared fixtures must sit beside the repository)", dir.display()))
         .map(|e| e.unwrap().path())
@@ -157,7 +157,7 @@ fn config_changes_what_renders() {
 
 #[test]
 fn tekton_coschedule_on_makes_render_stand_down() {
-    let flags = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tekton/config-feature-flags.yaml");
+    let flags = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tekton/config-feature-flags.yaml");
     let (ok, out, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "-f", flags.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains("coschedule: workspaces") && out.contains("left to Tekton's own affinity assistant"), "{out}");
@@ -191,7 +191,7 @@ fn stdin_input_works() {
 
 #[test]
 fn the_fixture_shapes_parse_and_input_pods_are_decided() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tekton");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tekton");
     let sources: Vec<Source> = ["tekton-pipelinerun-status-shapes.yaml", "tekton-task-pod-shape.yaml"]
         .iter()
         .map(|f| source(&dir.join(f)))

@@ -7,7 +7,7 @@
 //! (`startTime`, `Succeeded=Unknown/Running`, the resolved `pipelineSpec`), one TaskRun per
 //! task (owned by the run) and its pod (owned by the TaskRun, with Tekton's labels,
 //! annotations and `ws-xxxxx` PVC volumes), then `childReferences`. Shapes follow
-//! `../shared/fixtures/tekton/tekton-task-pod-shape.yaml` and `tekton-pipelinerun-status-shapes.yaml`.
+//! `tests/fixtures/tekton/tekton-task-pod-shape.yaml` and `tekton-pipelinerun-status-shapes.yaml`.
 
 use crate::env::{Check, Env, TektonChoice, wait_for};
 use affinity_assistant::engine::tekton::{
@@ -48,7 +48,7 @@ pub enum Mode {
 }
 
 pub fn crd_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tekton/crds")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tekton/crds")
 }
 
 /// One of the real Tekton CRDs, ready to create on a cluster without Tekton: its conversion
