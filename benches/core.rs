@@ -45,6 +45,7 @@ fn rwo(name: &str) -> (String, ClaimInfo) {
             status_access_modes: modes,
             bound: true,
             node_pinned: false,
+            volume_node_affinity: None,
         },
     )
 }
@@ -198,6 +199,8 @@ fn as_existing(plan: &Plan, node: &NodeInfo) -> Vec<ExistingPlaceholder> {
             run_modes: p.run_modes.clone(),
             node_selector: p.node_selector.clone(),
             node: Some(std::sync::Arc::new(node.clone())),
+            pod_exists: true,
+            refused: None,
         })
         .collect()
 }

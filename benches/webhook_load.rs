@@ -65,6 +65,7 @@ fn rwo(name: &str) -> (String, ClaimInfo) {
         status_access_modes: modes,
         bound: true,
         node_pinned: false,
+        volume_node_affinity: None,
     };
     (name.to_string(), info)
 }
@@ -139,6 +140,8 @@ fn namespace_plan() -> Plan {
             run_modes: p.run_modes.clone(),
             node_selector: p.node_selector.clone(),
             node: Some(std::sync::Arc::new(node.clone())),
+            pod_exists: true,
+            refused: None,
         })
         .collect();
     plan(&state(&existing))

@@ -1,39 +1,108 @@
 //! The webhook's [`Decider`] in production: the namespace's plan from the watch-fed caches,
-//! the leader lease's freshness, and one direct GET when the caches miss a run or a claim.
+//! the leader lease's freshness, direct reads when the caches miss something, and bounded waits
+//! where only time tells.
+//!
+//! # Why it may wait, and how long
+//!
+//! Real Tekton creates a run's first pods before it writes the run's `status.pipelineSpec`
+//! (up to 0.85 s before, in the recorded traces), and a volumeClaimTemplate's PVC just before
+//! the pod. So the first wave of a run often reaches the webhook before the caches can plan it:
+//! - the run or a claim is not cached yet: one direct read of each;
+//! - a `pipelineRef` by name: the Pipeline is resolved from the cache, or read directly;
+//! - a `pipelineRef` with a resolver (git, bundles, hub, cluster): what it runs exists only inside
+//!   Tekton until the status is written, so the webhook waits for the status, up to its budget;
+//! - the pod's placeholder has no pod yet: it waits for that pod (or for the StatefulSet
+//!   controller's refusal), so that the task pod cannot take the last slot of a quota the
+//!   placeholder needs and then wait forever for it. Past the budget it pins all the same.
+//!
+//! Every wait ends as soon as a cache changes in a way that decides the pod, and all of it stays
+//! within [`CacheDecider::budget`], which the webhook configuration's `timeoutSeconds` covers
+//! with a margin (`manifests::WEBHOOK_TIMEOUT_SECONDS`): the API server never gives up first.
 
-use crate::cluster::{Caches, claim_info, lease_fresh};
+use crate::cluster::{Caches, Fetched, lease_fresh};
 use crate::core::claims::IgnoreReason;
-use crate::core::{self, Decision, MissingClaims, Plan, SkipReason};
-use crate::engine::tekton::PipelineRun;
+use crate::core::{self, Decision, MissingClaims, Plan, RunStatus, Skip, SkipReason};
+use crate::engine::tekton::{Pipeline, PipelineRun};
+use crate::model::RunPhase;
 use crate::pod::TaskPod;
 use crate::webhook::Decider;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::{Api, Client};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::debug;
+
+/// The default of [`CacheDecider::budget`]: the longest a decision takes, waits and direct
+/// reads included.
+pub const DEFAULT_BUDGET: Duration = Duration::from_millis(2500);
 
 pub struct CacheDecider {
     pub caches: Arc<Caches>,
-    /// For the one direct GET on a cache miss; `None` never reads the API.
+    /// For direct reads on a cache miss; `None` never reads the API.
     pub client: Option<Client>,
     pub own_namespace: String,
     pub lease_name: String,
+    /// The longest one direct read may take.
     pub lookup_timeout: Duration,
+    /// The longest a whole decision may take, waits and reads included.
+    pub budget: Duration,
+    /// Counts and times the waits.
+    pub metrics: Option<crate::webhook::metrics::WaitMetrics>,
+}
+
+/// What a decision is still waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// The run's pipeline spec (a resolver, or a Pipeline not seen yet).
+    Spec,
+    /// The pod of the placeholder the pod is pinned to.
+    PlaceholderPod,
+}
+
+impl Waiting {
+    fn as_str(self) -> &'static str {
+        match self {
+            Waiting::Spec => "pipeline-spec",
+            Waiting::PlaceholderPod => "placeholder-pod",
+        }
+    }
+}
+
+/// What has been read directly already (each thing at most once per decision).
+#[derive(Default)]
+struct Reads {
+    fetched: Fetched,
+    tried: BTreeSet<(&'static str, String)>,
 }
 
 impl CacheDecider {
+    /// A decider over `caches` with the default bounds.
+    pub fn new(caches: Arc<Caches>, client: Option<Client>, own_namespace: &str, lease_name: &str) -> CacheDecider {
+        CacheDecider {
+            caches,
+            client,
+            own_namespace: own_namespace.into(),
+            lease_name: lease_name.into(),
+            lookup_timeout: Duration::from_millis(1000),
+            budget: DEFAULT_BUDGET,
+            metrics: None,
+        }
+    }
+
     /// A controller holds a fresh leader lease (so a planned placeholder will be created).
     pub fn controller_alive(&self) -> bool {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         self.caches.leases.get(&self.own_namespace, &self.lease_name).is_some_and(|l| lease_fresh(&l, now))
     }
 
-    async fn get<K>(&self, api: Api<K>, name: &str) -> Option<K>
+    async fn get<K>(&self, api: Api<K>, name: &str, deadline: Instant) -> Option<K>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        match tokio::time::timeout(self.lookup_timeout, api.get_opt(name)).await {
+        let until = deadline.min(Instant::now() + self.lookup_timeout);
+        match tokio::time::timeout_at(until, api.get_opt(name)).await {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 debug!(error = %e, name, "direct lookup failed");
@@ -46,70 +115,155 @@ impl CacheDecider {
         }
     }
 
-    /// The cache missed the pod's run or some of its claims: read them once and decide again.
-    /// A new run's pod can beat both the run and its claims (a volumeClaimTemplate's PVC is
-    /// created just before the pod) to the caches, so a fetched run's missing claims are
-    /// fetched too.
-    async fn decide_after_lookup(&self, pod: &TaskPod<'_>, plan: Arc<Plan>, first: Decision, alive: bool) -> Decision {
-        let Some(client) = self.client.clone() else { return first };
+    fn plan(&self, ns: &str, reads: &Reads) -> Arc<Plan> {
+        if reads.fetched.is_empty() {
+            return self.caches.plan(ns);
+        }
+        let inputs = self.caches.inputs_with(ns, k8s_openapi::jiff::Timestamp::now(), &reads.fetched);
+        Arc::new(inputs.plan(&self.caches.config(), MissingClaims::Wait))
+    }
+
+    /// The pod's run object, from the cache or what was read.
+    fn run_object(&self, ns: &str, name: &str, reads: &Reads) -> Option<Arc<PipelineRun>> {
+        self.caches
+            .runs
+            .get(ns, name)
+            .or_else(|| reads.fetched.runs.iter().find(|r| r.name() == name).cloned().map(Arc::new))
+    }
+
+    /// Reads what the caches are missing for this decision, once each. `true` when something
+    /// new was read (decide again).
+    async fn read_missing(
+        &self,
+        pod: &TaskPod<'_>,
+        plan: &Plan,
+        d: &Decision,
+        reads: &mut Reads,
+        deadline: Instant,
+    ) -> bool {
+        let Some(client) = self.client.clone() else { return false };
         let ns: &str = &pod.metadata.namespace;
         let Some(run_ref) = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata)) else {
-            return first;
+            return false;
         };
-        let mut inputs = None;
-        let mut plan = plan;
-        if first.skip_reason() == Some(SkipReason::RunNotFound) {
-            if let Some(pr) = self.get(Api::<PipelineRun>::namespaced(client.clone(), ns), &run_ref.name).await
-                && let Ok(run) = pr.to_run()
-                && run_ref.uid.as_deref().is_none_or(|u| u == run.uid)
-            {
-                let mut with_run = self.caches.inputs(ns);
-                with_run.runs.push(run);
-                plan = Arc::new(with_run.plan(&self.caches.config(), MissingClaims::Wait));
-                inputs = Some(with_run);
-            } else {
-                return first;
+        let mut read = false;
+        if d.skip_reason() == Some(SkipReason::RunNotFound) {
+            if reads.tried.insert(("run", run_ref.name.clone())) {
+                let api = Api::<PipelineRun>::namespaced(client.clone(), ns);
+                if let Some(pr) = self.get(api, &run_ref.name, deadline).await
+                    && run_ref.uid.as_deref().is_none_or(|u| u == pr.uid())
+                {
+                    reads.fetched.runs.push(pr);
+                    read = true;
+                }
             }
+            return read;
+        }
+        let Some(rp) = plan.run(&run_ref.name, run_ref.uid.as_deref()) else { return false };
+        if rp.status == RunStatus::NotActive(RunPhase::AwaitingSpec)
+            && let Some(pr) = self.run_object(ns, &run_ref.name, reads)
+            && let Some(name) = pr.unresolved_pipeline_name()
+            && reads.tried.insert(("pipeline", name.to_string()))
+            && let Some(p) = self.get(Api::<Pipeline>::namespaced(client.clone(), ns), name, deadline).await
+        {
+            reads.fetched.pipelines.push(p);
+            read = true;
         }
         // Claims the plan could not judge because their PVC was not in the cache.
-        let missing: Vec<String> = plan
-            .run(&run_ref.name, run_ref.uid.as_deref())
-            .map(|r| {
-                r.ignored
-                    .iter()
-                    .filter(|i| i.reason == IgnoreReason::Missing)
-                    .filter_map(|i| i.claim.as_ref().map(|c| c.to_string()))
-                    .filter(|c| pod.claims().contains(&c.as_str()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut fetched_claims = Vec::new();
+        let mounted = pod.claims();
+        let missing: Vec<String> = rp
+            .ignored
+            .iter()
+            .filter(|i| i.reason == IgnoreReason::Missing)
+            .filter_map(|i| i.claim.as_ref().map(|c| c.to_string()))
+            .filter(|c| mounted.contains(&c.as_str()))
+            .collect();
         for claim in missing {
-            if let Some(pvc) = self.get(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), &claim).await {
-                fetched_claims.push((claim, claim_info(&pvc)));
+            if reads.tried.insert(("claim", claim.clone()))
+                && let Some(pvc) =
+                    self.get(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), &claim, deadline).await
+            {
+                reads.fetched.claims.push(pvc);
+                read = true;
             }
         }
-        if !fetched_claims.is_empty() {
-            let mut with_claims = inputs.unwrap_or_else(|| self.caches.inputs(ns));
-            with_claims.claims.extend(fetched_claims);
-            plan = Arc::new(with_claims.plan(&self.caches.config(), MissingClaims::Wait));
-        } else if inputs.is_none() {
-            return first;
+        read
+    }
+
+    /// What the decision still waits for, if anything.
+    fn waiting(&self, pod: &TaskPod<'_>, plan: &Plan, d: &Decision) -> Option<Waiting> {
+        match d {
+            Decision::Pin(pin) if !pin.placeholder_ready => Some(Waiting::PlaceholderPod),
+            Decision::Pin(_) => None,
+            Decision::Skip(s) if s.reason == SkipReason::RunNotManaged => {
+                let run_ref = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata))?;
+                let rp = plan.run(&run_ref.name, run_ref.uid.as_deref())?;
+                (rp.status == RunStatus::NotActive(RunPhase::AwaitingSpec)).then_some(Waiting::Spec)
+            }
+            Decision::Skip(_) => None,
         }
-        core::decide(pod, &plan, alive)
+    }
+
+    /// The answer when the budget ran out while waiting.
+    fn past_budget(&self, pod: &TaskPod<'_>, d: Decision, waiting: Waiting) -> Decision {
+        match (waiting, d) {
+            // The controller is alive and the placeholder is planned: its pod is late, not
+            // refused (a refusal would have been seen). Pinning beats leaving it unpinned.
+            (Waiting::PlaceholderPod, d) => d,
+            (Waiting::Spec, _) => Decision::Skip(Skip {
+                reason: SkipReason::Budget,
+                message: format!(
+                    "pod {}/{}: its run's pipeline was not resolved within {} ms (Tekton had not written \
+                     status.pipelineSpec); not pinned",
+                    pod.metadata.namespace,
+                    pod.metadata.display_name(),
+                    self.budget.as_millis()
+                ),
+            }),
+        }
     }
 }
 
 impl Decider for CacheDecider {
     async fn decide(&self, pod: &TaskPod<'_>) -> Decision {
-        let alive = self.controller_alive();
-        let plan = self.caches.plan(&pod.metadata.namespace);
-        let first = core::decide(pod, &plan, alive);
-        match first.skip_reason() {
-            Some(SkipReason::RunNotFound | SkipReason::NoManagedClaim | SkipReason::NoPlaceholder) => {
-                self.decide_after_lookup(pod, plan, first, alive).await
+        let started = Instant::now();
+        let deadline = started + self.budget;
+        let ns: &str = &pod.metadata.namespace;
+        let mut changes = self.caches.subscribe();
+        let mut reads = Reads::default();
+        let mut waited: Option<Waiting> = None;
+        loop {
+            changes.borrow_and_update();
+            let alive = self.controller_alive();
+            let plan = self.plan(ns, &reads);
+            let d = core::decide(pod, &plan, alive);
+            let lookup = matches!(
+                d.skip_reason(),
+                Some(
+                    SkipReason::RunNotFound
+                        | SkipReason::RunNotManaged
+                        | SkipReason::NoManagedClaim
+                        | SkipReason::NoPlaceholder
+                )
+            );
+            if lookup && self.read_missing(pod, &plan, &d, &mut reads, deadline).await {
+                continue;
             }
-            _ => first,
+            let Some(waiting) = self.waiting(pod, &plan, &d) else {
+                if let (Some(w), Some(m)) = (waited, &self.metrics) {
+                    m.observe(w.as_str(), "decided", started.elapsed());
+                }
+                return d;
+            };
+            waited = Some(waiting);
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                if let Some(m) = &self.metrics {
+                    m.observe(waiting.as_str(), "budget", started.elapsed());
+                }
+                debug!(namespace = ns, pod = %pod.metadata.display_name(), waiting = waiting.as_str(),
+                    "webhook budget ran out while waiting");
+                return self.past_budget(pod, d, waiting);
+            }
         }
     }
 

@@ -47,6 +47,10 @@ pub const METRICS_SERVICE: &str = "affinity-assistant-metrics";
 pub const TLS_SECRET: &str = "affinity-assistant-webhook-tls";
 pub const LEASE: &str = "affinity-assistant-leader";
 pub const CONFIG_MAP: &str = "feature-flags";
+/// The webhook configuration's `timeoutSeconds`. The server answers every review well inside it
+/// (`webhook::server::DECIDE_DEADLINE`, which covers the decider's waits and reads): an API
+/// server that times out admits the pod unpinned with no warning and no metric.
+pub const WEBHOOK_TIMEOUT_SECONDS: i32 = 5;
 /// The webhook's name inside the configuration (must be a qualified name).
 pub const WEBHOOK_NAME: &str = "pods.affinity-assistant.dev";
 pub const WEBHOOK_PORT: i32 = 8443;
@@ -175,7 +179,13 @@ pub fn rules(options: &Options) -> Vec<(Scope, Vec<Grant>)> {
     let workloads = vec![
         // Watched into the caches; the webhook GETs a run or claim its cache has not seen yet.
         grant("tekton.dev", "pipelineruns", &["get", "list", "watch"]),
+        // A pipelineRef run's first pods come before Tekton writes its spec: the add-on
+        // resolves the Pipeline itself.
+        grant("tekton.dev", "pipelines", &["get", "list", "watch"]),
         grant("", "persistentvolumeclaims", &["get", "list", "watch"]),
+        // FailedCreate Events of StatefulSets: a placeholder whose pod is refused (quota,
+        // LimitRange, admission) gets nothing pinned to it.
+        grant("", "events", &["list", "watch"]),
         // Placeholders: created, owner references patched, deleted when no run needs them.
         grant("apps", "statefulsets", &["list", "watch", "create", "patch", "delete"]),
         // Placeholder pods and pinned task pods are watched; a placeholder pod on a NotReady
@@ -188,8 +198,9 @@ pub fn rules(options: &Options) -> Vec<(Scope, Vec<Grant>)> {
         grant("", "nodes", &["list", "watch"]),
         // Only namespaces labelled affinity-assistant.dev/enabled=false: no placeholders there.
         grant("", "namespaces", &["list", "watch"]),
-        // Before moving a placeholder: is its claim's volume pinned to the node?
-        grant("", "persistentvolumes", &["get"]),
+        // Where a bound claim's volume can be used (a claim riding with another's placeholder),
+        // and before moving a placeholder: is its claim's volume pinned to the node?
+        grant("", "persistentvolumes", &["get", "list", "watch"]),
         // Before creating a placeholder with a configured priority class: does it exist?
         grant("scheduling.k8s.io", "priorityclasses", &["get"]),
     ];
@@ -306,7 +317,7 @@ pub fn mutating_webhook(client_config: WebhookClientConfig, own_namespace: &str,
         match_policy: Some("Equivalent".to_string()),
         reinvocation_policy: Some("IfNeeded".to_string()),
         side_effects: "None".to_string(),
-        timeout_seconds: Some(2),
+        timeout_seconds: Some(WEBHOOK_TIMEOUT_SECONDS),
         rules: Some(vec![RuleWithOperations {
             api_groups: Some(vec![String::new()]),
             api_versions: Some(vec!["v1".to_string()]),

@@ -128,7 +128,8 @@ pub enum RunPhase {
     Pending,
     /// Finished, failed or cancelled.
     Done,
-    /// Its pipeline is not resolved yet (Tekton sets `status.pipelineSpec` before any TaskRun).
+    /// Its pipeline is not known yet: a `pipelineRef` whose Pipeline is not seen, or one with a
+    /// resolver before the engine writes the resolved spec (its first pods may come first).
     AwaitingSpec,
 }
 
@@ -236,7 +237,7 @@ impl Scheduling {
 }
 
 /// A PersistentVolumeClaim, as far as access modes go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClaimInfo {
     pub name: String,
     pub spec_access_modes: Vec<String>,
@@ -246,6 +247,9 @@ pub struct ClaimInfo {
     /// A PV pins the volume to one node (`nodeAffinity` on the hostname): the controller must
     /// never move a placeholder holding it.
     pub node_pinned: bool,
+    /// The bound PV's required node affinity (zone or node): where the volume can be used. A
+    /// claim that rides with another claim's placeholder must be usable on its node.
+    pub volume_node_affinity: Option<NodeSelector>,
 }
 
 impl ClaimInfo {
@@ -288,6 +292,13 @@ pub struct ExistingPlaceholder {
     /// The node its pod is bound to.
     /// Shared: many placeholders sit on one node.
     pub node: Option<std::sync::Arc<NodeInfo>>,
+    /// Its pod exists (bound or not). Until it does, a pod pinned to it could take the last
+    /// slot of a quota the placeholder needs: the webhook waits a moment for it.
+    pub pod_exists: bool,
+    /// Its pod cannot come to exist or to run: the StatefulSet controller's create was refused
+    /// (quota, LimitRange, admission), or it stayed unschedulable past a short grace. The
+    /// reason, as the cluster said it. Nothing is pinned to it while this holds (I5).
+    pub refused: Option<String>,
 }
 
 /// A pinned pod that has not finished: demand for its placeholder (I4).

@@ -290,7 +290,8 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
                     r.resolver
                 ));
             } else if let Some(p) = inputs.pipelines.iter().find(|p| {
-                p.metadata.name == r.name && (p.metadata.namespace.is_empty() || p.metadata.namespace == namespace)
+                p.metadata.name.as_deref() == Some(r.name.as_str())
+                    && p.metadata.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == namespace)
             }) {
                 pr.resolve_with(p);
             } else {

@@ -198,6 +198,7 @@ pub async fn start(client: kube::Client, s: Settings, stop: CancellationToken) -
     let mut registry = prometheus_client::registry::Registry::default();
     let controller_metrics = ControllerMetrics::register(&mut registry);
     let webhook_metrics = WebhookMetrics::register(&mut registry);
+    let wait_metrics = crate::webhook::metrics::WaitMetrics::register(&mut registry);
     let recorder = kube::runtime::events::Recorder::new(
         client.clone(),
         kube::runtime::events::Reporter { controller: "affinity-assistant".into(), instance: Some(s.identity.clone()) },
@@ -272,13 +273,9 @@ pub async fn start(client: kube::Client, s: Settings, stop: CancellationToken) -
         };
         let mut options = WebhookOptions::new(tls);
         options.addr = s.webhook_addr;
-        let decider = Arc::new(CacheDecider {
-            caches: caches.clone(),
-            client: Some(client.clone()),
-            own_namespace: s.namespace.clone(),
-            lease_name: s.lease_name.clone(),
-            lookup_timeout: Duration::from_millis(500),
-        });
+        let mut decider = CacheDecider::new(caches.clone(), Some(client.clone()), &s.namespace, &s.lease_name);
+        decider.metrics = Some(wait_metrics);
+        let decider = Arc::new(decider);
         let server = WebhookServer::bind(options, decider, webhook_metrics).await?;
         readiness = readiness.with("webhook", server.readiness());
         let addr = server.local_addr();

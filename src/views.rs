@@ -79,6 +79,7 @@ impl ClaimView {
             status_access_modes: self.status.access_modes.clone(),
             bound: self.status.phase == "Bound",
             node_pinned: volume.is_some_and(VolumeView::pinned_to_one_node),
+            volume_node_affinity: volume.and_then(|v| v.spec.node_affinity.as_ref()?.required.clone()),
         }
     }
 }
@@ -239,6 +240,8 @@ pub fn placeholder_from_statefulset(
         node_selector: pod.and_then(|p| p.node_selector.clone()).unwrap_or_default(),
         node: node(&name),
         name,
+        pod_exists: false,
+        refused: None,
     })
 }
 

@@ -380,14 +380,121 @@ fn a_run_needing_two_holders_gets_a_conflict_and_its_pods_stay_unpinned() {
 }
 
 #[test]
-fn new_claims_beside_a_held_one_get_their_own_placeholder_and_a_conflict() {
+fn new_claims_beside_a_held_one_ride_with_its_placeholder() {
+    // The shared-cache layout: a long-lived cache PVC held for one run, and a run that binds
+    // the cache and its own new claim together.
     let mut w = World::new(vec![run("a", &[("w", "ca")], &[("t", &["w"])])], rwo(&["ca", "cn"]));
     let first = w.plan();
     w.apply(&first, None);
-    w.runs.push(run("b", &[("x", "ca"), ("y", "cn")], &[("t", &["x", "y"])]));
+    let holder = first.placeholders[0].name.clone();
+    let b = run("b", &[("x", "ca"), ("y", "cn")], &[("clone", &["y"]), ("build", &["x", "y"])]);
+    w.runs.push(b.clone());
     let plan = w.plan();
-    assert_eq!(placeholder_claims(&plan).len(), 2);
-    assert_eq!(plan.conflicts.len(), 1);
+    assert_eq!(placeholder_claims(&plan), vec![vec!["ca".to_string()]], "no placeholder is made for the rider");
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let p = &plan.placeholders[0];
+    assert!(p.create.is_none(), "the holder is not changed (I3)");
+    assert_eq!(p.riders, name_set(&["cn"]));
+    let owners: Vec<&str> = p.owners.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(owners, vec!["a", "b"], "the holder gains the run as an owner");
+    let rb = plan.run("b", Some(&uid("b"))).unwrap();
+    assert_eq!(rb.riders.get("cn"), Some(&holder));
+    // Every pod of b that mounts a claim of the group goes to the holder: the new volume is
+    // provisioned and attached on the holder's node.
+    for (task, claims) in [("clone", &["cn"][..]), ("build", &["ca", "cn"][..])] {
+        let pin = expect_pin(affinity_assistant::core::decide(&pod(&b, task, claims), &plan, true));
+        assert_eq!(pin.placeholder, holder.as_str(), "{task}");
+    }
+    // The holder stays for the rider's run after the run it was made for ends.
+    w.apply(&plan, None);
+    w.runs.retain(|r| r.name != "a");
+    let later = w.plan();
+    assert!(later.delete.is_empty(), "{:?}", later.delete);
+    assert_eq!(later.placeholders[0].riders, name_set(&["cn"]));
+    // And goes when the rider's run ends too.
+    w.runs.clear();
+    assert_eq!(w.plan().delete, vec![holder]);
+}
+
+#[test]
+fn runs_started_together_around_a_shared_cache_share_one_placeholder() {
+    let ci0 =
+        run("ci-0", &[("cache", "go-cache"), ("src", "src-0")], &[("clone", &["src"]), ("build", &["src", "cache"])]);
+    let ci1 =
+        run("ci-1", &[("cache", "go-cache"), ("src", "src-1")], &[("clone", &["src"]), ("build", &["src", "cache"])]);
+    let w = World::new(vec![ci0.clone(), ci1.clone()], rwo(&["go-cache", "src-0", "src-1"]));
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1, "{:?}", placeholder_claims(&plan));
+    assert!(plan.conflicts.is_empty());
+    let name = plan.placeholders[0].name.clone();
+    for r in [&ci0, &ci1] {
+        let src = if r.name == "ci-0" { "src-0" } else { "src-1" };
+        for (task, claims) in [("clone", vec![src]), ("build", vec![src, "go-cache"])] {
+            let pin = expect_pin(affinity_assistant::core::decide(&pod(r, task, &claims), &plan, true));
+            assert_eq!(pin.placeholder, name.as_str());
+        }
+    }
+}
+
+#[test]
+fn a_rider_whose_volume_cannot_be_used_on_the_holders_node_is_not_pinned() {
+    use affinity_assistant::model::NodeInfo;
+    use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
+    let zone = |z: &str| NodeSelector {
+        node_selector_terms: vec![NodeSelectorTerm {
+            match_expressions: Some(vec![NodeSelectorRequirement {
+                key: "topology.kubernetes.io/zone".into(),
+                operator: "In".into(),
+                values: Some(vec![z.into()]),
+            }]),
+            match_fields: None,
+        }],
+    };
+    let mut claims = rwo(&["cache", "src"]);
+    claims.get_mut("src").unwrap().bound = true;
+    claims.get_mut("src").unwrap().volume_node_affinity = Some(zone("zone-a"));
+    let mut w = World::new(vec![run("a", &[("w", "cache")], &[("t", &["w"])])], claims);
+    let first = w.plan();
+    let node = NodeInfo {
+        name: "node-b".into(),
+        labels: [("topology.kubernetes.io/zone".to_string(), "zone-b".to_string())].into(),
+        taints: vec![],
+    };
+    w.apply(&first, Some(&node));
+    let b = run("b", &[("c", "cache"), ("s", "src")], &[("build", &["c", "s"])]);
+    w.runs.push(b.clone());
+    let plan = w.plan();
+    let rb = plan.run("b", Some(&uid("b"))).unwrap();
+    assert!(rb.riders.is_empty());
+    assert!(rb.unpinnable.contains_key("src"));
+    assert!(rb.warnings.iter().any(|m| m.contains("src") && m.contains("node-b")), "{:?}", rb.warnings);
+    let s = expect_skip(affinity_assistant::core::decide(&pod(&b, "build", &["cache", "src"]), &plan, true));
+    assert_eq!(s.reason, affinity_assistant::core::SkipReason::VolumeExcluded);
+    assert!(s.reason.warns());
+    // In its own zone it rides.
+    w.claims.get_mut("src").unwrap().volume_node_affinity = Some(zone("zone-b"));
+    let plan = w.plan();
+    expect_pin(affinity_assistant::core::decide(&pod(&b, "build", &["cache", "src"]), &plan, true));
+}
+
+#[test]
+fn nothing_is_pinned_to_a_placeholder_that_cannot_run() {
+    let r = run("a", &[("w", "ca")], &[("t", &["w"])]);
+    let mut w = World::new(vec![r.clone()], rwo(&["ca"]));
+    let first = w.plan();
+    w.apply(&first, None);
+    let ready = expect_pin(affinity_assistant::core::decide(&pod(&r, "t", &["ca"]), &w.plan(), true));
+    assert!(!ready.placeholder_ready, "its pod does not exist yet");
+    w.placeholders[0].pod_exists = true;
+    assert!(expect_pin(affinity_assistant::core::decide(&pod(&r, "t", &["ca"]), &w.plan(), true)).placeholder_ready);
+    w.placeholders[0].pod_exists = false;
+    w.placeholders[0].refused = Some("exceeded quota: pods".into());
+    let plan = w.plan();
+    assert!(plan.delete.is_empty(), "a refused placeholder is kept: it may recover");
+    let s = expect_skip(affinity_assistant::core::decide(&pod(&r, "t", &["ca"]), &plan, true));
+    assert_eq!(s.reason, affinity_assistant::core::SkipReason::PlaceholderRefused);
+    assert!(s.message.contains("exceeded quota"), "{}", s.message);
+    assert!(s.reason.warns());
 }
 
 #[test]

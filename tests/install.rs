@@ -124,7 +124,12 @@ fn the_release_is_what_the_issue_asks_for() {
     assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
     assert_eq!(w.reinvocation_policy.as_deref(), Some("IfNeeded"));
     assert_eq!(w.side_effects, "None");
-    assert_eq!(w.timeout_seconds, Some(2));
+    assert_eq!(w.timeout_seconds, Some(affinity_assistant::manifests::WEBHOOK_TIMEOUT_SECONDS));
+    assert!(
+        affinity_assistant::webhook::server::DECIDE_DEADLINE.as_secs_f64() + 1.0
+            <= f64::from(affinity_assistant::manifests::WEBHOOK_TIMEOUT_SECONDS),
+        "the server answers at least a second before the API server gives up"
+    );
     assert_eq!(w.admission_review_versions, vec!["v1"]);
     let rule = &w.rules.as_ref().unwrap()[0];
     assert_eq!(rule.operations, Some(vec!["CREATE".to_string()]));
@@ -273,15 +278,19 @@ async fn exercise(watch_namespaces: Vec<String>, stale_secret: bool) -> Vec<Requ
     })
     .await;
 
-    // A pod of a run the caches have not seen, with a claim they have not seen either: the
-    // webhook GETs both (and pins the pod).
-    for resource in ["pipelineruns", "persistentvolumeclaims"] {
+    // A pod of a run the caches have not seen, before Tekton wrote its spec, with a claim and a
+    // Pipeline they have not seen either: the webhook GETs all three (and pins the pod).
+    for resource in ["pipelineruns", "persistentvolumeclaims", "pipelines"] {
         server.faults().fail_next(resource, Verb::List, 100_000, Fault::Internal);
         server.faults().fail_next(resource, Verb::Watch, 100_000, Fault::Internal);
     }
     server.drop_watches();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let uid3 = put_run(&server, "r3", "cache");
+    edit(&server, "pipelineruns", NS, "r3", |r| r["status"] = Value::Null);
+    server
+        .insert(json!({"apiVersion": "tekton.dev/v1", "kind": "Pipeline", "metadata": {"name": "p", "namespace": NS},
+        "spec": {"tasks": [{"name": "build", "taskRef": {"name": "t"}, "workspaces": [{"name": "w0"}]}]}}));
     put_pvc(&server, "cache", None);
     let mut https = webhook_client(&server, &running).await;
     let review = webhook_support::review("u1", &run_pod("r3", &uid3, "cache"), "CREATE");

@@ -195,7 +195,11 @@ proptest! {
                     let rp = plan.run(&r.name, Some(&r.uid)).unwrap();
                     for c in &mounted {
                         if rp.claims.iter().any(|m| m.name == *c) {
-                            prop_assert!(holder.claims.contains(*c), "I2: {} does not hold {}", &holder.name, c);
+                            // I2: it holds the claim, or the claim rides with it (held by nobody else).
+                            let rides = holder.riders.contains(*c)
+                                && plan.placeholders.iter().all(|p| !p.claims.contains(*c));
+                            prop_assert!(holder.claims.contains(*c) || rides, "I2: {} neither holds nor carries {}", &holder.name, c);
+                            prop_assert!(!holder.claims.contains(*c) || !holder.riders.contains(*c));
                         }
                     }
                     if !pre.is_empty() {

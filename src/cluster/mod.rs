@@ -9,12 +9,13 @@ pub mod watch;
 
 use crate::config::Config;
 use crate::core::{self, MissingClaims, NamespaceState, Plan};
-use crate::engine::tekton::{self, PipelineRun};
+use crate::engine::tekton::{self, Pipeline, PipelineRun};
 use crate::model::{ClaimInfo, ExistingPlaceholder, NodeInfo, PinnedPod, Run};
 use crate::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use store::{NsStore, trim_meta};
@@ -33,6 +34,71 @@ pub fn placeholder_selector() -> String {
 /// The label selector of task pods of any engine (Tekton today).
 pub fn task_pod_selector() -> String {
     tekton::LABEL_PIPELINE_RUN.to_string()
+}
+
+/// The label selector of the engine's own placeholders (Tekton's affinity assistant): a run
+/// one of them serves is left to it.
+pub fn engine_placeholder_selector() -> String {
+    format!("{}={}", names::LABEL_APP_COMPONENT, tekton::TEKTON_ASSISTANT_COMPONENT)
+}
+
+/// The field selector of the Events that say a StatefulSet's pod was refused.
+pub fn failed_create_selector() -> String {
+    "involvedObject.kind=StatefulSet,reason=FailedCreate".to_string()
+}
+
+/// How long a placeholder's pod may stay unschedulable before nothing is pinned to it: long
+/// enough for what resolves itself (its volumeClaimTemplate PVC not created yet, a volume
+/// being provisioned), short enough that new pods are not sent after it for long.
+pub const UNSCHEDULABLE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Pipelines: only what resolving a `pipelineRef` reads (task workspace usage, the add-on's
+/// own annotations, which Tekton merges into the run).
+pub fn trim_pipeline(p: &mut Pipeline) {
+    trim_meta(p);
+    let meta = &mut p.metadata;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.resource_version = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(names::DOMAIN));
+    }
+}
+
+/// The engine's own placeholders: only who they serve (labels, owners).
+pub fn trim_engine_placeholder(sts: &mut StatefulSet) {
+    trim_meta(sts);
+    sts.metadata.annotations = None;
+    sts.spec = None;
+    sts.status = None;
+}
+
+/// PersistentVolumes: only where they can be used and whose they are.
+pub fn trim_volume(pv: &mut PersistentVolume) {
+    trim_meta(pv);
+    pv.metadata.labels = None;
+    pv.metadata.annotations = None;
+    pv.status = None;
+    if let Some(spec) = pv.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::PersistentVolumeSpec {
+            node_affinity: spec.node_affinity.take(),
+            claim_ref: spec.claim_ref.take(),
+            local: spec.local.take(),
+            host_path: spec.host_path.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// FailedCreate Events: who and why.
+pub fn trim_event(e: &mut Event) {
+    trim_meta(e);
+    e.metadata.labels = None;
+    e.metadata.annotations = None;
+    e.source = None;
+    e.related = None;
+    e.series = None;
 }
 
 /// Pods: only metadata, the node, the phase and conditions are read.
@@ -102,12 +168,25 @@ pub struct Caches {
     pub leases: NsStore<Lease>,
     /// Namespaces labelled `affinity-assistant.dev/enabled: "false"` (only those are watched).
     pub opted_out: NsStore<Namespace>,
+    /// Pipelines, to resolve a `pipelineRef` before the engine writes the run's spec.
+    pub pipelines: NsStore<Pipeline>,
+    /// The engine's own placeholders (Tekton's affinity assistant StatefulSets).
+    pub engine_placeholders: NsStore<StatefulSet>,
+    /// FailedCreate Events of StatefulSets: a placeholder whose pod is refused.
+    pub failed_creates: NsStore<Event>,
+    /// PersistentVolumes (cluster-scoped): where a bound claim's volume can be used.
+    pub volumes: NsStore<PersistentVolume>,
+    /// Bumped after every change any store takes: the webhook waits on it.
+    changes: tokio::sync::watch::Sender<u64>,
     config: RwLock<Arc<Config>>,
     config_version: std::sync::atomic::AtomicU64,
     /// Tekton's `coschedule` flag, when it could be read.
     tekton_coschedule: RwLock<Option<Option<String>>>,
-    plans: Mutex<HashMap<String, (u64, Arc<Plan>)>>,
+    plans: Mutex<HashMap<String, CachedPlan>>,
 }
+
+/// A namespace's plan: the version it was computed at, when it goes stale by time alone, the plan.
+type CachedPlan = (u64, Option<Timestamp>, Arc<Plan>);
 
 impl Default for Caches {
     fn default() -> Self {
@@ -120,6 +199,11 @@ impl Default for Caches {
             nodes: NsStore::new(trim_node),
             leases: NsStore::new(trim_meta),
             opted_out: NsStore::new(trim_meta),
+            pipelines: NsStore::new(trim_pipeline),
+            engine_placeholders: NsStore::new(trim_engine_placeholder),
+            failed_creates: NsStore::new(trim_event),
+            volumes: NsStore::new(trim_volume),
+            changes: tokio::sync::watch::Sender::new(0),
             config: RwLock::new(Arc::new(Config::default())),
             config_version: Default::default(),
             tekton_coschedule: RwLock::new(None),
@@ -151,11 +235,25 @@ impl Caches {
     /// Whether the stores the decisions need have completed their first list.
     pub fn ready(&self) -> bool {
         self.runs.is_ready()
+            && self.pipelines.is_ready()
             && self.claims.is_ready()
+            && self.volumes.is_ready()
             && self.placeholders.is_ready()
+            && self.engine_placeholders.is_ready()
+            && self.failed_creates.is_ready()
             && self.placeholder_pods.is_ready()
             && self.task_pods.is_ready()
             && self.nodes.is_ready()
+    }
+
+    /// Says that a store took a change (the watchers call it after every event).
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A receiver that wakes after the next change of any store.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A version that changes whenever anything a namespace's plan reads changes.
@@ -167,6 +265,10 @@ impl Caches {
             self.placeholders.ns_version(ns),
             self.placeholder_pods.ns_version(ns),
             self.task_pods.ns_version(ns),
+            self.pipelines.ns_version(ns),
+            self.engine_placeholders.ns_version(ns),
+            self.failed_creates.ns_version(ns),
+            self.volumes.version(),
             self.nodes.version(),
             self.opted_out.version(),
             self.config_version.load(Ordering::Acquire),
@@ -177,51 +279,134 @@ impl Caches {
 
     /// The core's inputs for a namespace, from the caches.
     pub fn inputs(&self, ns: &str) -> Inputs {
+        self.inputs_at(ns, Timestamp::now())
+    }
+
+    /// [`Self::inputs`] as of `now` (placeholders unschedulable for longer than
+    /// [`UNSCHEDULABLE_GRACE`] count as refused).
+    pub fn inputs_at(&self, ns: &str, now: Timestamp) -> Inputs {
+        self.inputs_with(ns, now, &Fetched::default())
+    }
+
+    /// [`Self::inputs_at`] plus objects read directly because the caches did not have them
+    /// yet (the cached copy wins when both exist).
+    pub fn inputs_with(&self, ns: &str, now: Timestamp, fetched: &Fetched) -> Inputs {
         let coschedule = self.tekton_coschedule();
-        let runs = self
-            .runs
-            .in_namespace(ns)
+        let task_pods = self.task_pods.in_namespace(ns);
+        // Runs the engine's own assistant serves: it made a placeholder for them, or pinned
+        // one of their pods (it may show up after the add-on made its own).
+        let mut engine_served: std::collections::HashSet<String> = Default::default();
+        for sts in self.engine_placeholders.in_namespace(ns) {
+            engine_served.extend(sts.metadata.owner_references.iter().flatten().map(|o| o.uid.clone()));
+            engine_served.extend(sts.metadata.labels.as_ref().and_then(|l| l.get(tekton::LABEL_PIPELINE_RUN)).cloned());
+        }
+        for pod in &task_pods {
+            let annotations = pod.metadata.annotations.as_ref();
+            if annotations.is_some_and(|a| a.contains_key(tekton::ANNOTATION_TEKTON_ASSISTANT)) {
+                let labels = pod.metadata.labels.as_ref();
+                engine_served.extend(labels.and_then(|l| l.get(tekton::LABEL_PIPELINE_RUN_UID)).cloned());
+                engine_served.extend(labels.and_then(|l| l.get(tekton::LABEL_PIPELINE_RUN)).cloned());
+            }
+        }
+        let mut cached_runs = self.runs.in_namespace(ns);
+        for pr in &fetched.runs {
+            if !cached_runs.iter().any(|c| c.name() == pr.name()) {
+                cached_runs.push(Arc::new(pr.clone()));
+            }
+        }
+        let pipeline = |name: &str| {
+            self.pipelines.get(ns, name).or_else(|| {
+                fetched.pipelines.iter().find(|p| p.metadata.name.as_deref() == Some(name)).cloned().map(Arc::new)
+            })
+        };
+        let runs = cached_runs
             .iter()
             .filter_map(|pr| {
-                let mut run = pr.to_run().ok()?;
+                let resolved = pr.unresolved_pipeline_name().and_then(pipeline).map(|p| {
+                    let mut pr = (**pr).clone();
+                    pr.resolve_with(&p);
+                    pr
+                });
+                let mut run = resolved.as_ref().unwrap_or(pr).to_run().ok()?;
                 if let Some(value) = &coschedule {
                     run.engine_assistant = tekton::tekton_would_serve(value.as_deref(), &run);
+                }
+                if engine_served.contains(run.uid.as_str()) || engine_served.contains(run.name.as_str()) {
+                    run.engine_assistant = true;
                 }
                 Some(run)
             })
             .collect();
-        let claims = self
-            .claims
-            .in_namespace(ns)
+        let mut pvcs = self.claims.in_namespace(ns);
+        for pvc in &fetched.claims {
+            if !pvcs.iter().any(|c| c.metadata.name == pvc.metadata.name) {
+                pvcs.push(Arc::new(pvc.clone()));
+            }
+        }
+        let claims = pvcs
             .iter()
-            .map(|pvc| (pvc.metadata.name.clone().unwrap_or_default(), claim_info(pvc)))
+            .map(|pvc| {
+                let mut info = claim_info(pvc);
+                let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()).filter(|v| !v.is_empty());
+                if let Some(pv) = volume.and_then(|v| self.volumes.get("", v)) {
+                    info.volume_node_affinity =
+                        pv.spec.as_ref().and_then(|s| s.node_affinity.as_ref()?.required.clone());
+                }
+                (pvc.metadata.name.clone().unwrap_or_default(), info)
+            })
             .collect();
         let pods = self.placeholder_pods.in_namespace(ns);
+        let failed = self.failed_creates.in_namespace(ns);
+        let mut expires: Option<Timestamp> = None;
         let placeholders = self
             .placeholders
             .in_namespace(ns)
             .iter()
             .filter_map(|sts| {
-                crate::views::placeholder_from_statefulset(sts, |name| {
+                let mut p = crate::views::placeholder_from_statefulset(sts, |name| {
                     bound_node(name, &pods).and_then(|n| self.nodes.get("", &n)).map(|n| Arc::new(node_info(&n)))
-                })
+                })?;
+                let pod = placeholder_pod(&p.name, &pods);
+                p.pod_exists = pod.is_some();
+                p.refused = match pod {
+                    None => refused_create(sts, &failed),
+                    Some(pod) => match unschedulable_since(pod) {
+                        Some((since, why)) if now.duration_since(since) >= grace() => {
+                            Some(format!("its pod cannot be scheduled: {why}"))
+                        }
+                        Some((since, _)) => {
+                            let at = since.checked_add(grace()).unwrap_or(now);
+                            expires = Some(expires.map_or(at, |e| e.min(at)));
+                            None
+                        }
+                        None => None,
+                    },
+                };
+                Some(p)
             })
             .collect();
-        let pinned = self.task_pods.in_namespace(ns).iter().filter_map(|p| pinned_pod(p)).collect();
+        let pinned = task_pods.iter().filter_map(|p| pinned_pod(p)).collect();
         let opted_out = self.opted_out.get("", ns).is_some();
-        Inputs { namespace: ns.to_string(), runs, claims, placeholders, pinned, opted_out }
+        Inputs { namespace: ns.to_string(), runs, claims, placeholders, pinned, opted_out, expires }
     }
 
-    /// The plan of a namespace, recomputed only when something it reads has changed.
+    /// The plan of a namespace, recomputed only when something it reads has changed (or a
+    /// time-based rule it applied has come due).
     pub fn plan(&self, ns: &str) -> Arc<Plan> {
         let version = self.version(ns);
-        if let Some((v, plan)) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(ns)
+        let now = Timestamp::now();
+        if let Some((v, expires, plan)) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(ns)
             && *v == version
+            && expires.is_none_or(|at| now < at)
         {
             return plan.clone();
         }
-        let plan = Arc::new(self.inputs(ns).plan(&self.config(), MissingClaims::Wait));
-        self.plans.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string(), (version, plan.clone()));
+        let inputs = self.inputs_at(ns, now);
+        let plan = Arc::new(inputs.plan(&self.config(), MissingClaims::Wait));
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ns.to_string(), (version, inputs.expires, plan.clone()));
         plan
     }
 
@@ -231,6 +416,20 @@ impl Caches {
         out.extend(self.placeholders.namespaces());
         out.extend(self.task_pods.namespaces());
         out
+    }
+}
+
+/// Objects the webhook read directly because the caches did not have them yet.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    pub runs: Vec<PipelineRun>,
+    pub pipelines: Vec<Pipeline>,
+    pub claims: Vec<PersistentVolumeClaim>,
+}
+
+impl Fetched {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.pipelines.is_empty() && self.claims.is_empty()
     }
 }
 
@@ -245,6 +444,9 @@ pub struct Inputs {
     /// The namespace is labelled `affinity-assistant.dev/enabled: "false"`: planned as with
     /// `enabled: false` (no new placeholders; existing ones kept for the runs they serve).
     pub opted_out: bool,
+    /// When a time-based rule these inputs applied changes its verdict (a placeholder pod's
+    /// unschedulable grace running out): the plan is stale from then on.
+    pub expires: Option<Timestamp>,
 }
 
 impl Inputs {
@@ -276,6 +478,7 @@ pub fn claim_info(pvc: &PersistentVolumeClaim) -> ClaimInfo {
         status_access_modes: status.and_then(|s| s.access_modes.clone()).unwrap_or_default(),
         bound: status.and_then(|s| s.phase.as_deref()) == Some("Bound"),
         node_pinned: false,
+        volume_node_affinity: None,
     }
 }
 
@@ -287,15 +490,55 @@ pub fn node_info(node: &Node) -> NodeInfo {
     }
 }
 
-/// The node a placeholder's pod is bound to (its StatefulSet pod is `<name>-0`).
-pub fn bound_node(placeholder: &str, pods: &[Arc<Pod>]) -> Option<String> {
+/// The live pod of a placeholder (its StatefulSet pod is `<name>-0`), if any.
+pub fn placeholder_pod<'p>(placeholder: &str, pods: &'p [Arc<Pod>]) -> Option<&'p Pod> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .find(|p| {
             p.metadata.labels.as_ref().and_then(|l| l.get(names::LABEL_PLACEHOLDER)).map(String::as_str)
                 == Some(placeholder)
         })
-        .and_then(|p| p.spec.as_ref()?.node_name.clone())
+        .map(|p| &**p)
+}
+
+/// The node a placeholder's pod is bound to.
+pub fn bound_node(placeholder: &str, pods: &[Arc<Pod>]) -> Option<String> {
+    placeholder_pod(placeholder, pods).and_then(|p| p.spec.as_ref()?.node_name.clone())
+}
+
+fn grace() -> SignedDuration {
+    SignedDuration::try_from(UNSCHEDULABLE_GRACE).unwrap_or(SignedDuration::from_secs(10))
+}
+
+/// Why the StatefulSet controller could not create this placeholder's pod, if it said so
+/// (an Event about this very StatefulSet: same uid, or same name when the Event has no uid).
+pub fn refused_create(sts: &StatefulSet, events: &[Arc<Event>]) -> Option<String> {
+    let name = sts.metadata.name.as_deref()?;
+    let uid = sts.metadata.uid.as_deref();
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .filter(|e| {
+            let o = &e.involved_object;
+            o.kind.as_deref() == Some("StatefulSet")
+                && o.name.as_deref() == Some(name)
+                && (o.uid.is_none() || o.uid.as_deref() == uid)
+        })
+        .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+        .map(|e| e.message.clone().unwrap_or_else(|| "FailedCreate".into()))
+}
+
+/// Since when, and why, a pod that is not bound has been unschedulable.
+pub fn unschedulable_since(pod: &Pod) -> Option<(Timestamp, String)> {
+    if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+        return None;
+    }
+    let c =
+        pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
+            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        })?;
+    let since = c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    Some((since, c.message.clone().unwrap_or_else(|| "Unschedulable".into())))
 }
 
 /// A pinned, unfinished pod: demand for its placeholder (I4).

@@ -2,11 +2,11 @@
 //! triggers: the namespaces whose objects changed.
 
 use super::Caches;
-use crate::engine::tekton::PipelineRun;
+use crate::engine::tekton::{Pipeline, PipelineRun};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Config as WatcherConfig, watcher};
 use kube::{Api, Client, Resource};
@@ -105,20 +105,50 @@ pub fn start(
     let ns = &options.namespaces;
     let placeholders = WatcherConfig::default().labels(&super::placeholder_selector());
     let task_pods = WatcherConfig::default().labels(&super::task_pod_selector());
+    let engine_placeholders = WatcherConfig::default().labels(&super::engine_placeholder_selector());
+    let failed_creates = WatcherConfig::default().fields(&super::failed_create_selector());
 
     macro_rules! watch_into {
         ($kind:ty, $store:ident, $cfg:expr, $what:expr) => {
             for api in apis::<$kind>(&client, ns) {
                 let c = caches.clone();
-                tasks.push(feed(api, $cfg.clone(), move |e| c.$store.apply(e), tx.clone(), $what));
+                let store = move |e| {
+                    let touched = c.$store.apply(e);
+                    c.changed();
+                    touched
+                };
+                tasks.push(feed(api, $cfg.clone(), store, tx.clone(), $what));
             }
         };
     }
     watch_into!(PipelineRun, runs, WatcherConfig::default(), "pipelineruns");
+    watch_into!(Pipeline, pipelines, WatcherConfig::default(), "pipelines");
     watch_into!(PersistentVolumeClaim, claims, WatcherConfig::default(), "persistentvolumeclaims");
     watch_into!(StatefulSet, placeholders, placeholders, "statefulsets");
+    watch_into!(StatefulSet, engine_placeholders, engine_placeholders, "engine placeholders");
+    watch_into!(Event, failed_creates, failed_creates, "FailedCreate events");
     watch_into!(Pod, placeholder_pods, placeholders, "placeholder pods");
     watch_into!(Pod, task_pods, task_pods, "task pods");
+
+    // PersistentVolumes: a change concerns the namespace of the claim it is bound to.
+    let c = caches.clone();
+    tasks.push(feed(
+        Api::<PersistentVolume>::all(client.clone()),
+        WatcherConfig::default(),
+        move |e| {
+            let claimed: std::collections::BTreeSet<String> = match &e {
+                watcher::Event::Apply(pv) | watcher::Event::Delete(pv) | watcher::Event::InitApply(pv) => {
+                    pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()?.namespace.clone()).into_iter().collect()
+                }
+                _ => Default::default(),
+            };
+            c.volumes.apply(e);
+            c.changed();
+            claimed
+        },
+        tx.clone(),
+        "persistentvolumes",
+    ));
 
     // Nodes: a change concerns the namespaces with a placeholder bound to that node.
     let c = caches.clone();
@@ -128,6 +158,7 @@ pub fn start(
         move |e| {
             let nodes = names_in(&e);
             c.nodes.apply(e);
+            c.changed();
             c.placeholder_pods
                 .all()
                 .iter()
@@ -148,6 +179,7 @@ pub fn start(
         move |e| {
             let names = names_in(&e);
             c.opted_out.apply(e);
+            c.changed();
             names
         },
         tx.clone(),
@@ -160,6 +192,7 @@ pub fn start(
         WatcherConfig::default().fields(&format!("metadata.name={}", options.lease_name)),
         move |e| {
             c.leases.apply(e);
+            c.changed();
             Default::default()
         },
         tx.clone(),

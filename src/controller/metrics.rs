@@ -29,6 +29,8 @@ pub struct ControllerMetrics {
     pub conflicts: Counter,
     pub config_errors: Counter,
     pub tekton_coschedule_on: Gauge,
+    pub refusals: Family<ReasonLabels, Counter>,
+    pub stand_downs: Counter,
 }
 
 impl ControllerMetrics {
@@ -44,6 +46,8 @@ impl ControllerMetrics {
             conflicts: Counter::default(),
             config_errors: Counter::default(),
             tekton_coschedule_on: Gauge::default(),
+            refusals: Family::default(),
+            stand_downs: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("affinity_assistant");
         r.register("placeholders", "Placeholders the controller keeps, by mode", m.placeholders.clone());
@@ -75,6 +79,17 @@ impl ControllerMetrics {
             "tekton_coschedule_enabled",
             "1 when Tekton's own affinity assistant is on",
             m.tekton_coschedule_on.clone(),
+        );
+        r.register(
+            "placeholder_refusals",
+            "Placeholders found unable to run, by reason (failed-create: the StatefulSet controller's pod create \
+             was refused; unschedulable: past the grace); nothing is pinned to them meanwhile",
+            m.refusals.clone(),
+        );
+        r.register(
+            "engine_stand_downs",
+            "Runs the add-on left to the engine's own affinity assistant after it showed up",
+            m.stand_downs.clone(),
         );
         m
     }

@@ -41,7 +41,13 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     result?;
     ctx.backoff.lock().unwrap_or_else(|e| e.into_inner()).remove(&namespace);
-    Ok(Action::requeue(ctx.options.resync))
+    // A time-based rule (a placeholder's unschedulable grace) comes due before the resync:
+    // look again then, so that the run hears of it within seconds.
+    let due = inputs.expires.map(|at| {
+        let left = at.duration_since(k8s_openapi::jiff::Timestamp::now());
+        Duration::try_from(left).unwrap_or_default() + Duration::from_millis(50)
+    });
+    Ok(Action::requeue(due.map_or(ctx.options.resync, |d| d.min(ctx.options.resync))))
 }
 
 /// The config with a missing priority class left out (and a Warning said once).
@@ -256,7 +262,52 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
         warn!(namespace, warning = %w, "namespace placement warning");
     }
 
-    // 5. Placeholders on nodes that are going away; placeholders that cannot be scheduled.
+    // 5. Placeholders that cannot run: nothing is pinned to them meanwhile (the webhook reads
+    // the same plan); the runs they serve hear why.
+    for p in plan.placeholders.iter().filter(|p| p.create.is_none()) {
+        let Some(why) = &p.refused else { continue };
+        let (reason, metric) = if p.pod_exists {
+            ("PlaceholderUnschedulable", "unschedulable")
+        } else {
+            ("PlaceholderFailedCreate", "failed-create")
+        };
+        let key = (p.name.to_string(), format!("refused:{metric}"), String::new());
+        if ctx.memory().reported.insert(key) {
+            ControllerMetrics::count(&ctx.metrics.refusals, metric);
+        }
+        warn!(namespace, placeholder = %p.name, reason = %why, "placeholder cannot run; nothing is pinned to it");
+        let note = format!(
+            "placeholder {} cannot run: {why}; new task pods of its runs are not pinned to it until it can \
+             (they may then wait for a volume attached elsewhere)",
+            p.name
+        );
+        event_on_owners(ctx, namespace, p, EventType::Warning, reason, "Schedule", note).await;
+    }
+    // Runs left to the engine's own assistant after the add-on served them.
+    for rp in plan.runs.iter().filter(|r| r.status == RunStatus::StoodDown) {
+        let was_ours = ctx
+            .caches
+            .placeholders
+            .in_namespace(namespace)
+            .iter()
+            .any(|sts| sts.metadata.owner_references.iter().flatten().any(|o| o.uid == rp.uid.as_str()));
+        if was_ours {
+            let key = (rp.uid.to_string(), "StoodDown".to_string(), String::new());
+            if ctx.memory().reported.insert(key) {
+                ctx.metrics.stand_downs.inc();
+                info!(namespace, run = %rp.name, "the engine's own affinity assistant serves this run: standing down");
+                let note = format!(
+                    "Tekton's own affinity assistant serves run {}: affinity-assistant stands down (its placeholder goes \
+                     once no pod pinned to it needs it; new pods are left to Tekton). Set coschedule: disabled in \
+                     Tekton's feature-flags to use affinity-assistant",
+                    rp.name
+                );
+                event(ctx, &run_ref(namespace, &rp.name, &rp.uid), EventType::Normal, "StoodDown", "Plan", note).await;
+            }
+        }
+    }
+
+    // 6. Placeholders on nodes that are going away.
     let pods: Vec<Arc<Pod>> = ctx.caches.placeholder_pods.in_namespace(namespace);
     for p in plan.placeholders.iter().filter(|p| p.create.is_none()) {
         let Some(pod) =
@@ -267,7 +318,7 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
         check_placeholder_pod(ctx, namespace, p, pod).await?;
     }
 
-    // 6. Pinned pods Pending too long; managed task pods that were not pinned.
+    // 7. Pinned pods Pending too long; managed task pods that were not pinned.
     surface_task_pods(ctx, namespace, plan, &pods).await;
 
     // Gauges: this namespace's contribution.
@@ -369,24 +420,9 @@ async fn node_pinned_claim(ctx: &Context, namespace: &str, claims: &BTreeSet<Nam
 async fn check_placeholder_pod(ctx: &Context, namespace: &str, p: &PlannedPlaceholder, pod: &Pod) -> Result<(), Error> {
     let pod_name = pod.name_any();
     let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let Some(node_name) = node_name else {
-        // Not scheduled: say why, once it is clear the scheduler cannot place it.
-        let unschedulable = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False"));
-        if let Some(c) = unschedulable {
-            let note = format!(
-                "placeholder {} cannot be scheduled: {}",
-                p.name,
-                c.message.clone().unwrap_or_else(|| c.reason.clone().unwrap_or_default())
-            );
-            warn!(namespace, placeholder = %p.name, message = %note, "placeholder unschedulable");
-            event_on_owners(ctx, namespace, p, EventType::Warning, "PlaceholderUnschedulable", "Schedule", note).await;
-        }
-        return Ok(());
-    };
+    // Not scheduled yet: step 5 says so once it has lasted past the grace (a placeholder
+    // briefly unschedulable while its volume is created is normal).
+    let Some(node_name) = node_name else { return Ok(()) };
     if pod.metadata.deletion_timestamp.is_some() {
         return Ok(());
     }

@@ -45,6 +45,13 @@ pub enum SkipReason {
     NodeExcluded,
     /// No controller holds a fresh leader lease: nobody would create the placeholder.
     NoController,
+    /// I5: its placeholder cannot come to exist or run (refused by quota, LimitRange or
+    /// admission, or unschedulable): a pod pinned to it would wait forever.
+    PlaceholderRefused,
+    /// I5: a claim it mounts rides with a placeholder on whose node its volume cannot be used.
+    VolumeExcluded,
+    /// The decision could not be made within the webhook's budget (a wait or a read ran out).
+    Budget,
 }
 
 impl SkipReason {
@@ -64,6 +71,9 @@ impl SkipReason {
             SkipReason::ClaimsSplit => "claims-split",
             SkipReason::NodeExcluded => "node-excluded",
             SkipReason::NoController => "no-controller",
+            SkipReason::PlaceholderRefused => "placeholder-refused",
+            SkipReason::VolumeExcluded => "volume-excluded",
+            SkipReason::Budget => "budget",
         }
     }
 
@@ -77,6 +87,9 @@ impl SkipReason {
                 | SkipReason::ClaimsSplit
                 | SkipReason::NodeExcluded
                 | SkipReason::NoController
+                | SkipReason::PlaceholderRefused
+                | SkipReason::VolumeExcluded
+                | SkipReason::Budget
         )
     }
 }
@@ -99,6 +112,9 @@ pub struct Pin {
     pub affinity: Affinity,
     /// The JSONPatch for the AdmissionReview; applying it twice changes nothing more.
     pub patch: Patch,
+    /// The placeholder's pod exists. Until it does, the webhook may wait a moment: a quota the
+    /// task pod would fill first could refuse the placeholder for good.
+    pub placeholder_ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +235,9 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
             }
         }
     } else {
+        if let Some((claim, why)) = managed.iter().find_map(|c| run.unpinnable.get_key_value(*c)) {
+            return skip(SkipReason::VolumeExcluded, format!("{who} mounts claim {claim}: {why}"));
+        }
         let holders: BTreeSet<&str> = managed.iter().filter_map(|c| run.holders.get(*c).map(Name::as_str)).collect();
         let unheld: Vec<&str> = managed.iter().copied().filter(|c| !run.holders.contains_key(*c)).collect();
         if holders.len() > 1 {
@@ -243,6 +262,15 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
         }
     };
 
+    if let Some(why) = &target.refused {
+        return skip(
+            SkipReason::PlaceholderRefused,
+            format!(
+                "{who}: placeholder {} cannot run ({why}); a pod pinned to it would wait forever, so it is not pinned",
+                target.name
+            ),
+        );
+    }
     if !required.is_empty() {
         return skip(
             SkipReason::OwnPodAffinity,
@@ -292,6 +320,7 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
         term,
         affinity,
         patch,
+        placeholder_ready: target.pod_exists,
     }))
 }
 

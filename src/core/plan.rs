@@ -9,6 +9,7 @@
 
 use super::claims::{self, IgnoredBinding, ManagedClaim, MissingClaims};
 use super::placeholder::{self, Owner, PlaceholderParts};
+use super::scheduling;
 use crate::config::{AntiAffinity, Config, Mode, parse_bool};
 use crate::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, OwnerRun, PinnedPod, Run, RunPhase, Scheduling};
 use crate::names::{self, NameSeed};
@@ -71,8 +72,15 @@ pub struct RunPlan {
     pub status: RunStatus,
     pub claims: Vec<ManagedClaim>,
     pub ignored: Vec<IgnoredBinding>,
-    /// Managed claim -> the placeholder holding it for this run.
+    /// Managed claim -> the placeholder holding it for this run (riders included: their
+    /// pods go to the placeholder of the claims they are used with).
     pub holders: BTreeMap<Name, Name>,
+    /// Claims of this run that ride with a placeholder that does not mount them (SPEC
+    /// "Grouping"), each with that placeholder.
+    pub riders: BTreeMap<Name, Name>,
+    /// Claims whose pods cannot be pinned for now (a rider whose bound volume cannot be used on
+    /// its holder's node), with the reason (I5).
+    pub unpinnable: BTreeMap<Name, String>,
     /// Per-run modes: the one placeholder every task pod of the run goes to.
     pub home: Option<Name>,
     /// Things a person should know (become Warning Events).
@@ -104,6 +112,13 @@ pub struct PlannedPlaceholder {
     pub node_selector: BTreeMap<String, String>,
     /// `Some` when it does not exist yet: what to create it from ([`Self::statefulset`]).
     pub create: Option<NewPlaceholder>,
+    /// Claims that ride with it: used together with its claims by some run, held by nobody
+    /// else, never mounted by it (I3). Their volumes follow it to its node.
+    pub riders: BTreeSet<Name>,
+    /// Its pod exists.
+    pub pod_exists: bool,
+    /// Why it cannot come to exist or run ([`ExistingPlaceholder::refused`]).
+    pub refused: Option<String>,
 }
 
 /// What a placeholder to create is made from, besides its claims, owners and the config.
@@ -182,6 +197,9 @@ struct Slot<'a> {
     node_selector: Cow<'a, BTreeMap<String, String>>,
     /// For new slots: the run whose scheduling it takes.
     creator: Option<usize>,
+    riders: BTreeSet<Name>,
+    pod_exists: bool,
+    refused: Option<&'a str>,
 }
 
 /// A slot's claims: an existing placeholder's, a pinned pod's, or a new placeholder's.
@@ -331,6 +349,9 @@ impl<'a> Builder<'a> {
             node: None,
             node_selector: Cow::Owned(node_selector),
             creator: Some(ri),
+            riders: BTreeSet::new(),
+            pod_exists: false,
+            refused: None,
         };
         self.add_slot(slot, claims.iter().map(|c| c.as_str()))
     }
@@ -362,6 +383,9 @@ impl<'a> Builder<'a> {
             node: e.node.clone(),
             node_selector: Cow::Borrowed(&e.node_selector),
             creator: None,
+            riders: BTreeSet::new(),
+            pod_exists: e.pod_exists,
+            refused: e.refused.as_deref(),
         };
         self.add_slot(slot, e.claims.iter().map(Name::as_str));
     }
@@ -401,6 +425,9 @@ impl<'a> Builder<'a> {
             node: None,
             node_selector: Cow::Owned(node_selector),
             creator: run,
+            riders: BTreeSet::new(),
+            pod_exists: false,
+            refused: None,
         };
         self.add_slot(slot, p.claims.iter().map(String::as_str));
     }
@@ -431,6 +458,8 @@ impl<'a> Builder<'a> {
             claims: run_claims.managed,
             ignored: run_claims.ignored,
             holders: BTreeMap::new(),
+            riders: BTreeMap::new(),
+            unpinnable: BTreeMap::new(),
             home: None,
             warnings,
         };
@@ -487,6 +516,11 @@ impl<'a> Builder<'a> {
                     }
                     None => {}
                 }
+            } else if !s.remainder.is_empty() && s.targets.len() == 1 {
+                // The claims nobody holds ride with the one placeholder that holds the others:
+                // a second placeholder would be sent wherever the scheduler likes, away from the
+                // first, and the pods that mount both could never run.
+                self.ride(&mut rp, s.targets[0], &s.remainder);
             } else if !s.remainder.is_empty() && may_create {
                 s.name.clear();
                 names::push_claims_placeholder_name(&mut s.name, s.remainder.iter().map(|c| c.as_str()));
@@ -537,7 +571,9 @@ impl<'a> Builder<'a> {
                 });
             }
             for &c in group {
-                if let Some(&i) = self.holder.get(c.as_str()).filter(|&&i| targets.contains(&i)) {
+                if let Some(&i) = self.holder.get(c.as_str()).filter(|&&i| targets.contains(&i))
+                    && !rp.unpinnable.contains_key(c)
+                {
                     rp.holders.insert(c.clone(), self.slots[i].name.clone());
                 }
             }
@@ -560,6 +596,43 @@ impl<'a> Builder<'a> {
         }
         self.scratch = s;
         rp
+    }
+
+    /// Lets `claims` (held by nobody) ride with slot `t`: its pods' claims go to its node. A
+    /// claim whose bound volume cannot be used there does not ride: its pods stay unpinned.
+    fn ride(&mut self, rp: &mut RunPlan, t: usize, claims: &[&'a Name]) {
+        for &c in claims {
+            let affinity = self.pvcs.get(c.as_str()).and_then(|pvc| pvc.volume_node_affinity.as_ref());
+            let slot = &self.slots[t];
+            let unusable = match (affinity, &slot.node) {
+                (None, _) => None,
+                (Some(sel), Some(node)) if !scheduling::node_selector_matches(sel, node) => Some(format!(
+                    "claim {c} rides with placeholder {} on node {}, but its volume cannot be used on that node \
+                     (PersistentVolume node affinity); pods that mount it are not pinned",
+                    slot.name, node.name
+                )),
+                (Some(_), Some(_)) => None,
+                // Resolves itself once the holder is bound: no warning on the run.
+                (Some(_), None) => {
+                    rp.unpinnable.insert(
+                        c.clone(),
+                        format!(
+                            "placeholder {} is not on a node yet, and claim {c}'s volume is bound to some nodes only",
+                            slot.name
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if let Some(why) = unusable {
+                rp.warnings.push(why.clone());
+                rp.unpinnable.insert(c.clone(), why);
+                continue;
+            }
+            self.holder.insert(c.as_str(), t);
+            self.slots[t].riders.insert(c.clone());
+            rp.riders.insert(c.clone(), self.slots[t].name.clone());
+        }
     }
 
     /// The mode a placeholder records for its user `u`: that of the last planned of its users
@@ -624,6 +697,9 @@ impl<'a> Builder<'a> {
                 node: slot.node,
                 node_selector: slot.node_selector.into_owned(),
                 create,
+                riders: slot.riders,
+                pod_exists: slot.pod_exists,
+                refused: slot.refused.map(String::from),
             });
         }
         Plan {

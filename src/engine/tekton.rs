@@ -92,23 +92,6 @@ pub fn coschedule_enabled(value: Option<&str>) -> bool {
     value.map(str::trim) != Some("disabled")
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Meta {
-    #[serde(default, deserialize_with = "nullable")]
-    pub name: String,
-    #[serde(default, deserialize_with = "nullable")]
-    pub generate_name: String,
-    #[serde(default, deserialize_with = "nullable")]
-    pub namespace: String,
-    #[serde(default, deserialize_with = "nullable")]
-    pub uid: String,
-    #[serde(default)]
-    pub creation_timestamp: Option<String>,
-    #[serde(default, deserialize_with = "nullable")]
-    pub annotations: BTreeMap<String, String>,
-}
-
 /// `tekton.dev/v1` PipelineRun, trimmed: the type the controller's cache holds.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -287,14 +270,40 @@ pub struct Condition {
     pub reason: String,
 }
 
-/// `tekton.dev/v1` Pipeline, trimmed.
+/// `tekton.dev/v1` Pipeline, trimmed: the type the Pipelines cache holds (a `pipelineRef` run's
+/// first pods come before Tekton writes `status.pipelineSpec`, so the add-on resolves the
+/// reference itself, as Tekton does).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pipeline {
     #[serde(default)]
-    pub metadata: Meta,
+    pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: PipelineSpec,
+}
+
+impl kube::Resource for Pipeline {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        KIND_PIPELINE.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "tekton.dev".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pipelines".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 impl kube::Resource for PipelineRun {
@@ -350,9 +359,28 @@ impl PipelineRun {
             status.pipeline_spec = Some(pipeline.spec.clone());
         }
         let annotations = self.metadata.annotations.get_or_insert_with(Default::default);
-        for (k, v) in &pipeline.metadata.annotations {
+        for (k, v) in pipeline.metadata.annotations.iter().flatten() {
             annotations.entry(k.clone()).or_insert_with(|| v.clone());
         }
+    }
+
+    /// The Pipeline this run names when Tekton has not written `status.pipelineSpec` yet and
+    /// the add-on can resolve it itself: a `pipelineRef` by name, without a resolver (git,
+    /// bundles, hub and cluster resolutions exist only inside Tekton until the status is written).
+    pub fn unresolved_pipeline_name(&self) -> Option<&str> {
+        if self.spec.pipeline_spec.is_some() || self.status.as_ref().is_some_and(|s| s.pipeline_spec.is_some()) {
+            return None;
+        }
+        let r = self.spec.pipeline_ref.as_ref()?;
+        (r.resolver.is_empty() && !r.name.is_empty()).then_some(r.name.as_str())
+    }
+
+    /// A `pipelineRef` with a resolver whose spec Tekton has not written yet: only waiting
+    /// for the status tells what it runs.
+    pub fn awaits_resolver(&self) -> bool {
+        self.spec.pipeline_spec.is_none()
+            && self.status.as_ref().is_none_or(|s| s.pipeline_spec.is_none())
+            && self.spec.pipeline_ref.as_ref().is_some_and(|r| !r.resolver.is_empty())
     }
 
     /// The engine-neutral run. Fails only when the run cannot be identified (no name).

@@ -217,3 +217,46 @@ impl<D: Decider> Collector for CacheSizes<D> {
         family.encode(metric)
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    waiting_for: &'static str,
+    result: &'static str,
+}
+
+/// Waits inside decisions (a run's first pods before its spec is known, a placeholder whose
+/// pod does not exist yet): how many, how long, and whether the budget ran out.
+#[derive(Debug, Clone)]
+pub struct WaitMetrics {
+    waits: Family<WaitLabels, Histogram, fn() -> Histogram>,
+    /// The same counts, readable without encoding the histogram.
+    counts: Family<WaitLabels, Counter>,
+}
+
+impl WaitMetrics {
+    /// Registers `affinity_assistant_admission_wait_seconds{waiting_for, result}` (histogram;
+    /// `waiting_for`: `pipeline-spec` | `placeholder-pod`, `result`: `decided` | `budget`).
+    pub fn register(registry: &mut Registry) -> WaitMetrics {
+        let m = WaitMetrics {
+            waits: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            counts: Family::default(),
+        };
+        registry.register(
+            "affinity_assistant_admission_wait_seconds",
+            "Time a decision waited for a run's pipeline spec or a placeholder's pod, and whether it ran out of budget",
+            m.waits.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn observe(&self, waiting_for: &'static str, result: &'static str, elapsed: Duration) {
+        let labels = WaitLabels { waiting_for, result };
+        self.waits.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.counts.get_or_create(&labels).inc();
+    }
+
+    /// Waits counted so far (for tests and benchmarks).
+    pub fn count(&self, waiting_for: &'static str, result: &'static str) -> u64 {
+        self.counts.get_or_create(&WaitLabels { waiting_for, result }).get()
+    }
+}

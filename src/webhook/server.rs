@@ -35,6 +35,15 @@ pub enum WebhookError {
     Cert(#[from] certs::CertError),
 }
 
+/// The longest a review's decision may take before the pod is answered unpinned, with a
+/// warning and the `decide-timeout` metric: the decider's own budget
+/// ([`crate::decider::DEFAULT_BUDGET`]) plus room for its last plan, and well inside the webhook
+/// configuration's `timeoutSeconds` ([`crate::manifests::WEBHOOK_TIMEOUT_SECONDS`]).
+pub const DECIDE_DEADLINE: Duration = Duration::from_millis(3500);
+
+const _: () = assert!(crate::decider::DEFAULT_BUDGET.as_millis() + 500 <= DECIDE_DEADLINE.as_millis());
+const _: () = assert!(DECIDE_DEADLINE.as_millis() + 1000 <= crate::manifests::WEBHOOK_TIMEOUT_SECONDS as u128 * 1000);
+
 /// How the server runs. [`WebhookOptions::new`] gives the defaults.
 #[derive(Debug)]
 pub struct WebhookOptions {
@@ -71,7 +80,7 @@ impl WebhookOptions {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
-            decide_timeout: Duration::from_secs(5),
+            decide_timeout: DECIDE_DEADLINE,
             shutdown_grace: Duration::from_secs(20),
             max_connections: 4096,
         }

@@ -65,6 +65,7 @@ pub fn pvc(name: &str, modes: &[&str]) -> ClaimInfo {
         status_access_modes: vec![],
         bound: false,
         node_pinned: false,
+        volume_node_affinity: None,
     }
 }
 
@@ -124,6 +125,8 @@ impl World {
                     run_modes: p.run_modes.clone(),
                     node_selector: p.node_selector.clone(),
                     node: node.cloned().map(std::sync::Arc::new),
+                    pod_exists: node.is_some(),
+                    refused: None,
                 });
             }
         }

@@ -131,13 +131,7 @@ async fn start() -> Offline {
     let crate::world::Controller { caches, leader, stop, mut tasks } =
         crate::world::Controller::start(plain.clone(), "offline", true);
     tasks.push(tokio::spawn(control_plane(plain.clone())));
-    let decider = CacheDecider {
-        caches,
-        client: Some(plain),
-        own_namespace: OWN_NAMESPACE.into(),
-        lease_name: LEASE.into(),
-        lookup_timeout: Duration::from_secs(2),
-    };
+    let decider = CacheDecider::new(caches, Some(plain), OWN_NAMESPACE, LEASE);
     let client = Client::new(Admitting { server, decider: Arc::new(decider) }, "default");
     Offline { client, _leader: leader, stop, tasks }
 }
