@@ -119,6 +119,7 @@ async fn start(client: kube::Client) -> (tokio_util::sync::CancellationToken, Ar
         own_namespace: "affinity-assistant".into(),
         config_name: "feature-flags".into(),
         lease_name: "affinity-assistant-leader".into(),
+        tekton_namespace: None,
     };
     let (triggers, _tasks) =
         watch::start(client.clone(), caches.clone(), &options, controller::config_reporter(recorder, metrics.clone()));

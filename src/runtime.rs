@@ -209,12 +209,10 @@ pub async fn start(client: kube::Client, s: Settings, stop: CancellationToken) -
         own_namespace: s.namespace.clone(),
         config_name: s.config_name.clone(),
         lease_name: s.lease_name.clone(),
+        tekton_namespace: s.tekton_namespace.clone(),
     };
     let reporter = controller::config_reporter(recorder, controller_metrics.clone());
     let (triggers, mut tasks) = watch::start(client.clone(), caches.clone(), &watch_options, reporter);
-    if let Some(tekton) = &s.tekton_namespace {
-        tasks.push(watch::watch_tekton_flags(client.clone(), tekton, caches.clone(), None));
-    }
 
     // Leader election: only the controller competes; a webhook-only replica never writes.
     let (leader_rx, lease_task) = if s.webhook_only {

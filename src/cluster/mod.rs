@@ -178,6 +178,12 @@ pub struct Caches {
     pub volumes: NsStore<PersistentVolume>,
     /// Bumped after every change any store takes: the webhook waits on it.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The add-on's ConfigMap was listed (found or not): until then `enabled: false` and the
+    /// configured mode are unknown, and nothing may be decided.
+    config_synced: std::sync::atomic::AtomicBool,
+    /// Tekton's flags are expected but not read yet (a run Tekton's own assistant serves must
+    /// not get a placeholder meanwhile).
+    tekton_flags_pending: std::sync::atomic::AtomicBool,
     config: RwLock<Arc<Config>>,
     config_version: std::sync::atomic::AtomicU64,
     /// Tekton's `coschedule` flag, when it could be read.
@@ -204,6 +210,8 @@ impl Default for Caches {
             failed_creates: NsStore::new(trim_event),
             volumes: NsStore::new(trim_volume),
             changes: tokio::sync::watch::Sender::new(0),
+            config_synced: Default::default(),
+            tekton_flags_pending: Default::default(),
             config: RwLock::new(Arc::new(Config::default())),
             config_version: Default::default(),
             tekton_coschedule: RwLock::new(None),
@@ -232,9 +240,32 @@ impl Caches {
         self.tekton_coschedule.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether the stores the decisions need have completed their first list.
+    /// The add-on's ConfigMap has been listed (present or not).
+    pub fn set_config_synced(&self) {
+        self.config_synced.store(true, std::sync::atomic::Ordering::Release);
+        self.changed();
+    }
+
+    /// Tekton's flags will be read: not ready until they were (or could not be).
+    pub fn expect_tekton_flags(&self) {
+        self.tekton_flags_pending.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The first attempt to read Tekton's flags is over.
+    pub fn set_tekton_flags_read(&self) {
+        self.tekton_flags_pending.store(false, std::sync::atomic::Ordering::Release);
+        self.changed();
+    }
+
+    /// Whether everything the decisions read has been listed once: every store (each of its
+    /// watchers), the config and Tekton's flags. Nothing is decided or written before: a plan
+    /// from half-listed caches sees placeholders without their runs and deletes them.
     pub fn ready(&self) -> bool {
-        self.runs.is_ready()
+        use std::sync::atomic::Ordering;
+        self.config_synced.load(Ordering::Acquire)
+            && !self.tekton_flags_pending.load(Ordering::Acquire)
+            && self.opted_out.is_ready()
+            && self.runs.is_ready()
             && self.pipelines.is_ready()
             && self.claims.is_ready()
             && self.volumes.is_ready()

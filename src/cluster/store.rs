@@ -4,14 +4,40 @@
 //! namespace's objects on every reconcile and every admission. This store keeps them grouped,
 //! trims each object before keeping it (the caches must stay small), and says which namespaces
 //! an event touched, which is what triggers the controller.
+//!
+//! # Several watchers, one store
+//!
+//! With `--watch-namespace a --watch-namespace b` one store is fed by one watcher per
+//! namespace, and each watcher relists on its own (at start, and after a 410 Expired). A relist
+//! is scoped to its watcher's namespace ([`Scope`]): its `InitDone` replaces that namespace's
+//! objects only, never another watcher's. The store is ready once every watcher it expects has
+//! listed once. (kube-runtime's reflector `Writer` keeps one flat map and one relist buffer per
+//! writer: one writer per namespace would need merging on every read, which is what this
+//! store's grouping avoids.)
 
 use kube::Resource;
 use kube::runtime::watcher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 type Objects<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
+
+/// What one watcher of a store sees: every namespace, or one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    All,
+    Namespace(String),
+}
+
+impl Scope {
+    fn covers(&self, ns: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Namespace(n) => n == ns,
+        }
+    }
+}
 
 /// Objects of one kind, by namespace then name (cluster-scoped kinds use namespace "").
 pub struct NsStore<K> {
@@ -20,12 +46,19 @@ pub struct NsStore<K> {
     /// Bumped on every change: lets readers cache what they derive from the store.
     version: AtomicU64,
     trim: fn(&mut K),
+    /// Objects no decision reads (e.g. finished task pods) are not kept: an update that makes
+    /// an object fail this drops it.
+    keep: fn(&K) -> bool,
 }
 
 struct Inner<K> {
     objects: Objects<K>,
-    /// Objects of a re-list in progress (`Init` .. `InitDone`), swapped in at `InitDone`.
-    relist: Option<Objects<K>>,
+    /// Per watcher scope: objects of a re-list in progress (`Init` .. `InitDone`), swapped in
+    /// for that scope at `InitDone`.
+    relists: HashMap<Scope, Objects<K>>,
+    /// Scopes whose first list completed, and how many must before the store is ready.
+    listed: HashSet<Scope>,
+    expected: usize,
     count: usize,
     /// Per-namespace change counters (entries stay after a namespace empties: tiny, and a
     /// reader's cached derivation must see the emptying as a change).
@@ -47,56 +80,101 @@ pub fn trim_meta<K: Resource>(obj: &mut K) {
     }
 }
 
+fn keep_all<K>(_: &K) -> bool {
+    true
+}
+
 impl<K: Resource> NsStore<K> {
     pub fn new(trim: fn(&mut K)) -> Self {
+        Self::with_filter(trim, keep_all)
+    }
+
+    /// A store that keeps only the objects `keep` accepts (after trimming).
+    pub fn with_filter(trim: fn(&mut K), keep: fn(&K) -> bool) -> Self {
         NsStore {
-            inner: RwLock::new(Inner { objects: HashMap::new(), relist: None, count: 0, ns_versions: HashMap::new() }),
+            inner: RwLock::new(Inner {
+                objects: HashMap::new(),
+                relists: HashMap::new(),
+                listed: HashSet::new(),
+                expected: 1,
+                count: 0,
+                ns_versions: HashMap::new(),
+            }),
             ready: AtomicBool::new(false),
             version: AtomicU64::new(0),
             trim,
+            keep,
         }
     }
 
-    /// Applies a watcher event; returns the namespaces whose objects changed.
+    /// How many watchers (scopes) feed this store: it is ready once each has listed.
+    pub fn expect_watchers(&self, n: usize) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.expected = n.max(1);
+        let ready = inner.listed.len() >= inner.expected;
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Applies an event of a watcher that sees every namespace.
     pub fn apply(&self, event: watcher::Event<K>) -> BTreeSet<String> {
+        self.apply_scoped(&Scope::All, event)
+    }
+
+    /// Applies a watcher event from a watcher of `scope`; returns the namespaces whose
+    /// objects changed.
+    pub fn apply_scoped(&self, scope: &Scope, event: watcher::Event<K>) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *inner;
         match event {
             watcher::Event::Apply(mut obj) => {
                 (self.trim)(&mut obj);
                 let (ns, name) = key(&obj);
-                let old = inner.objects.entry(ns.clone()).or_default().insert(name, Arc::new(obj));
-                if old.is_none() {
-                    inner.count += 1;
+                if (self.keep)(&obj) {
+                    let old = inner.objects.entry(ns.clone()).or_default().insert(name, Arc::new(obj));
+                    if old.is_none() {
+                        inner.count += 1;
+                    }
+                } else {
+                    Self::remove(inner, &ns, &name);
                 }
                 touched.insert(ns);
             }
             watcher::Event::Delete(obj) => {
                 let (ns, name) = key(&obj);
-                let inner = &mut *inner;
-                if let Some(objs) = inner.objects.get_mut(&ns) {
-                    if objs.remove(&name).is_some() {
-                        inner.count -= 1;
-                    }
-                    if objs.is_empty() {
-                        inner.objects.remove(&ns);
-                    }
-                }
+                Self::remove(inner, &ns, &name);
                 touched.insert(ns);
             }
-            watcher::Event::Init => inner.relist = Some(HashMap::new()),
+            watcher::Event::Init => {
+                inner.relists.insert(scope.clone(), HashMap::new());
+            }
             watcher::Event::InitApply(mut obj) => {
                 (self.trim)(&mut obj);
-                let (ns, name) = key(&obj);
-                inner.relist.get_or_insert_with(HashMap::new).entry(ns).or_default().insert(name, Arc::new(obj));
+                if (self.keep)(&obj) {
+                    let (ns, name) = key(&obj);
+                    let relist = inner.relists.entry(scope.clone()).or_default();
+                    relist.entry(ns).or_default().insert(name, Arc::new(obj));
+                }
             }
             watcher::Event::InitDone => {
-                let fresh = inner.relist.take().unwrap_or_default();
-                touched.extend(inner.objects.keys().cloned());
-                touched.extend(fresh.keys().cloned());
-                inner.count = fresh.values().map(BTreeMap::len).sum();
-                inner.objects = fresh;
-                self.ready.store(true, Ordering::Release);
+                let fresh = inner.relists.remove(scope).unwrap_or_default();
+                // Only what this watcher sees is replaced.
+                let stale: Vec<String> = inner.objects.keys().filter(|ns| scope.covers(ns)).cloned().collect();
+                for ns in stale {
+                    if let Some(objs) = inner.objects.remove(&ns) {
+                        inner.count -= objs.len();
+                    }
+                    touched.insert(ns);
+                }
+                for (ns, objs) in fresh {
+                    inner.count += objs.len();
+                    touched.insert(ns.clone());
+                    inner.objects.insert(ns, objs);
+                }
+                inner.listed.insert(scope.clone());
+                if inner.listed.len() >= inner.expected {
+                    self.ready.store(true, Ordering::Release);
+                }
             }
         }
         if !touched.is_empty() {
@@ -106,6 +184,17 @@ impl<K: Resource> NsStore<K> {
             }
         }
         touched
+    }
+
+    fn remove(inner: &mut Inner<K>, ns: &str, name: &str) {
+        if let Some(objs) = inner.objects.get_mut(ns) {
+            if objs.remove(name).is_some() {
+                inner.count -= 1;
+            }
+            if objs.is_empty() {
+                inner.objects.remove(ns);
+            }
+        }
     }
 
     /// Objects of a namespace, in name order.
@@ -203,5 +292,47 @@ mod tests {
         assert!(s.version() > v);
         assert!(s.ns_version("a") > 0 && s.ns_version("a") == s.ns_version("c"));
         assert_eq!(s.ns_version("never"), 0);
+    }
+
+    #[test]
+    fn a_relist_replaces_only_what_its_watcher_sees() {
+        let s: NsStore<ConfigMap> = NsStore::new(trim_meta);
+        s.expect_watchers(3);
+        let scopes: Vec<Scope> = ["a", "b", "c"].iter().map(|n| Scope::Namespace(n.to_string())).collect();
+        for (i, scope) in scopes.iter().enumerate() {
+            let ns = ["a", "b", "c"][i];
+            s.apply_scoped(scope, watcher::Event::Init);
+            s.apply_scoped(scope, watcher::Event::InitApply(cm(ns, "x")));
+            s.apply_scoped(scope, watcher::Event::InitApply(cm(ns, "y")));
+            assert!(!s.is_ready(), "not ready before every watcher listed");
+            s.apply_scoped(scope, watcher::Event::InitDone);
+        }
+        assert!(s.is_ready());
+        assert_eq!(s.len(), 6);
+        // b's watch expires (410) and relists while a's and c's go on: interleaved.
+        s.apply_scoped(&scopes[1], watcher::Event::Init);
+        s.apply_scoped(&scopes[0], watcher::Event::Apply(cm("a", "z")));
+        s.apply_scoped(&scopes[1], watcher::Event::InitApply(cm("b", "x")));
+        let touched = s.apply_scoped(&scopes[1], watcher::Event::InitDone);
+        assert_eq!(touched, ["b".to_string()].into(), "only b is touched");
+        assert_eq!(s.in_namespace("a").len(), 3, "a keeps its objects");
+        assert_eq!(s.in_namespace("b").len(), 1, "b is what b's relist said");
+        assert_eq!(s.in_namespace("c").len(), 2, "c keeps its objects");
+        assert_eq!(s.len(), 6);
+    }
+
+    #[test]
+    fn objects_the_filter_rejects_are_not_kept() {
+        let s: NsStore<ConfigMap> = NsStore::with_filter(trim_meta, |c| c.data.is_none());
+        s.apply(watcher::Event::Apply(cm("a", "x")));
+        assert_eq!(s.len(), 1);
+        let mut finished = cm("a", "x");
+        finished.data = Some(Default::default());
+        assert_eq!(s.apply(watcher::Event::Apply(finished.clone())), ["a".to_string()].into());
+        assert_eq!(s.len(), 0, "an update that fails the filter drops it");
+        s.apply(watcher::Event::Init);
+        s.apply(watcher::Event::InitApply(finished));
+        s.apply(watcher::Event::InitDone);
+        assert!(s.is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! triggers: the namespaces whose objects changed.
 
 use super::Caches;
+use super::store::Scope;
 use crate::engine::tekton::{Pipeline, PipelineRun};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -36,28 +37,33 @@ pub struct WatchOptions {
     pub config_name: String,
     /// The leader lease (for the webhook's freshness check).
     pub lease_name: String,
+    /// Where Tekton's `feature-flags` are read (`None`: never).
+    pub tekton_namespace: Option<String>,
 }
 
 /// Called with each config update: the errors of the ConfigMap's data (last good values kept).
 pub type ConfigReporter = Arc<dyn Fn(&ConfigMap, &crate::config::ConfigReport) + Send + Sync>;
 
-fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+/// One watch per watched namespace (or one for all), each with the scope its relists replace.
+fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<(Scope, Api<K>)>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope>,
     K::DynamicType: Default,
 {
     if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
+        vec![(Scope::All, Api::all(client.clone()))]
     } else {
-        namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+        namespaces.iter().map(|ns| (Scope::Namespace(ns.clone()), Api::namespaced(client.clone(), ns))).collect()
     }
 }
 
-/// Drives one watcher into a store, sending the namespaces each event touched.
+/// Drives one watcher into a store, sending the namespaces each event touched, and every
+/// namespace when this list completed the caches (nothing was decided before).
 fn feed<K>(
     api: Api<K>,
     config: WatcherConfig,
     store: impl Fn(watcher::Event<K>) -> std::collections::BTreeSet<String> + Send + 'static,
+    caches: Arc<Caches>,
     tx: mpsc::UnboundedSender<Trigger>,
     what: &'static str,
 ) -> tokio::task::JoinHandle<()>
@@ -69,10 +75,16 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
+                    let listed = matches!(event, watcher::Event::InitDone);
+                    let was_ready = caches.ready();
                     for ns in store(event) {
                         if tx.send(Trigger::Namespace(ns)).is_err() {
                             return;
                         }
+                    }
+                    if listed && !was_ready && caches.ready() {
+                        info!(watch = what, "caches synced: deciding from now on");
+                        let _ = tx.send(Trigger::All);
                     }
                 }
                 // The backoff retries; a person should still see why.
@@ -110,14 +122,16 @@ pub fn start(
 
     macro_rules! watch_into {
         ($kind:ty, $store:ident, $cfg:expr, $what:expr) => {
-            for api in apis::<$kind>(&client, ns) {
+            let watches = apis::<$kind>(&client, ns);
+            caches.$store.expect_watchers(watches.len());
+            for (scope, api) in watches {
                 let c = caches.clone();
                 let store = move |e| {
-                    let touched = c.$store.apply(e);
+                    let touched = c.$store.apply_scoped(&scope, e);
                     c.changed();
                     touched
                 };
-                tasks.push(feed(api, $cfg.clone(), store, tx.clone(), $what));
+                tasks.push(feed(api, $cfg.clone(), store, caches.clone(), tx.clone(), $what));
             }
         };
     }
@@ -146,6 +160,7 @@ pub fn start(
             c.changed();
             claimed
         },
+        caches.clone(),
         tx.clone(),
         "persistentvolumes",
     ));
@@ -166,6 +181,7 @@ pub fn start(
                 .filter_map(|p| p.metadata.namespace.clone())
                 .collect()
         },
+        caches.clone(),
         tx.clone(),
         "nodes",
     ));
@@ -182,6 +198,7 @@ pub fn start(
             c.changed();
             names
         },
+        caches.clone(),
         tx.clone(),
         "namespaces",
     ));
@@ -195,6 +212,7 @@ pub fn start(
             c.changed();
             Default::default()
         },
+        caches.clone(),
         tx.clone(),
         "lease",
     ));
@@ -205,10 +223,10 @@ pub fn start(
     let config_api = Api::<ConfigMap>::namespaced(client.clone(), &options.own_namespace);
     let config_watch = WatcherConfig::default().fields(&format!("metadata.name={}", options.config_name));
     tasks.push(tokio::spawn(async move {
-        let mut stream = watcher(config_api, config_watch).default_backoff().applied_objects().boxed();
+        let mut stream = watcher(config_api, config_watch).default_backoff().boxed();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(cm) => {
+                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => {
                     let data: BTreeMap<String, String> = cm.data.clone().unwrap_or_default();
                     let (next, report) = c.config().update(&data);
                     report_config(&cm, &report);
@@ -218,10 +236,23 @@ pub fn start(
                         let _ = config_tx.send(Trigger::All);
                     }
                 }
+                // Listed: the values read so far (or the defaults, with no ConfigMap) hold.
+                Ok(watcher::Event::InitDone) => {
+                    let was_ready = c.ready();
+                    c.set_config_synced();
+                    if !was_ready && c.ready() {
+                        info!("caches synced: deciding from now on");
+                        let _ = config_tx.send(Trigger::All);
+                    }
+                }
+                Ok(_) => {}
                 Err(e) => warn!(error = %e, "watching the feature-flags ConfigMap failed; retrying"),
             }
         }
     }));
+    if let Some(tekton) = &options.tekton_namespace {
+        tasks.push(watch_tekton_flags(client.clone(), tekton, caches.clone(), Some(tx.clone())));
+    }
     (rx, tasks)
 }
 
@@ -234,6 +265,7 @@ pub fn watch_tekton_flags(
     tx: Option<mpsc::UnboundedSender<Trigger>>,
 ) -> tokio::task::JoinHandle<()> {
     let api = Api::<ConfigMap>::namespaced(client, tekton_namespace);
+    caches.expect_tekton_flags();
     tokio::spawn(async move {
         let mut warned = false;
         loop {
@@ -254,8 +286,13 @@ pub fn watch_tekton_flags(
                 );
                 warned = true;
             }
-            if caches.tekton_coschedule() != value {
+            let was_ready = caches.ready();
+            let changed = caches.tekton_coschedule() != value;
+            if changed {
                 caches.set_tekton_coschedule(value);
+            }
+            caches.set_tekton_flags_read();
+            if changed || (!was_ready && caches.ready()) {
                 if let Some(tx) = &tx {
                     let _ = tx.send(Trigger::All);
                 }

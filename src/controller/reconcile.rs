@@ -30,6 +30,12 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     if !ctx.is_leader() {
         return Ok(Action::await_change());
     }
+    // Nothing is decided from caches that have not all listed: every namespace is triggered
+    // once they have.
+    if !ctx.caches.ready() {
+        debug!(namespace = %namespace, "caches not synced yet; not reconciling");
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let tekton_on =
         ctx.caches.tekton_coschedule().is_some_and(|v| crate::engine::tekton::coschedule_enabled(v.as_deref()));

@@ -73,6 +73,7 @@ impl Controller {
             own_namespace: OWN.into(),
             config_name: "feature-flags".into(),
             lease_name: LEASE.into(),
+            tekton_namespace: None,
         };
         let (triggers, mut tasks) = watch::start(client.clone(), caches.clone(), &watch_options, reporter);
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(leader);
