@@ -148,8 +148,7 @@ pub fn pipelines(events: &[Event]) -> Vec<Value> {
         // from the run's final recorded state.
         let last = events
             .iter()
-            .filter(|x| x.kind == "PipelineRun" && x.uid() == e.uid())
-            .next_back()
+            .rfind(|x| x.kind == "PipelineRun" && x.uid() == e.uid())
             .map(|x| annotations(&x.object))
             .unwrap_or_default();
         let merged: serde_json::Map<String, Value> =
@@ -207,7 +206,7 @@ pub fn shuffle(events: &[Event], seed: u64, window: f64) -> Vec<Event> {
     for _ in 0..12 {
         for i in 0..out.len().saturating_sub(1) {
             let (a, b) = (&out[i], &out[i + 1]);
-            if rng.next() % 2 == 0 && (a.t - b.t).abs() <= window && !depends(a, b) {
+            if rng.next().is_multiple_of(2) && (a.t - b.t).abs() <= window && !depends(a, b) {
                 out.swap(i, i + 1);
             }
         }
