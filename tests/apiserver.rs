@@ -633,3 +633,168 @@ async fn request_log() {
     server.clear_requests();
     assert!(server.requests().is_empty());
 }
+
+fn quota(name: &str, pods: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name, "namespace": NS},
+        "spec": {"hard": {"pods": pods}}})
+}
+
+#[tokio::test]
+async fn resource_quotas_refuse_pods_beyond_the_count_and_track_usage() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    let quotas: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "ResourceQuota"), "resourcequotas"),
+    );
+    quotas.create(&PostParams::default(), &serde_json::from_value(quota("pods", "2")).unwrap()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.create(&PostParams::default(), &pod("a", json!({}))).await.unwrap();
+    pods.create(&PostParams::default(), &pod("b", json!({}))).await.unwrap();
+    let used = |server: &FakeApiServer| server.get("resourcequotas", NS, "pods").unwrap()["status"].clone();
+    assert_eq!(used(&server), json!({"hard": {"pods": "2"}, "used": {"pods": "2"}}));
+    let refused = pods.create(&PostParams::default(), &pod("c", json!({}))).await;
+    match refused {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+            assert_eq!(
+                s.message,
+                "pods \"c\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"
+            );
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(server.get("pods", NS, "c").is_none());
+    // A finished pod no longer counts.
+    let done = json!({"status": {"phase": "Succeeded"}});
+    pods.patch_status("a", &PatchParams::default(), &Patch::Merge(&done)).await.unwrap();
+    assert_eq!(used(&server)["used"]["pods"], "1");
+    pods.create(&PostParams::default(), &pod("c", json!({}))).await.unwrap();
+    pods.delete("b", &DeleteParams::default()).await.unwrap();
+    assert_eq!(used(&server)["used"]["pods"], "1");
+    // Other namespaces are not counted.
+    let other: Api<Pod> = Api::namespaced(client, "elsewhere");
+    let mut p = pod("x", json!({}));
+    p.metadata.namespace = Some("elsewhere".into());
+    other.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(used(&server)["used"]["pods"], "1");
+}
+
+#[tokio::test]
+async fn the_statefulset_controller_makes_and_remakes_pod_zero() {
+    let server = FakeApiServer::new();
+    server.run_statefulset_controller();
+    let client = server.client();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let mut s = sts("ph");
+    s.spec.as_mut().unwrap().template.metadata.as_mut().unwrap().annotations =
+        Some([("a".to_string(), "b".to_string())].into());
+    s.spec.as_mut().unwrap().template.spec.as_mut().unwrap().volumes =
+        Some(vec![serde_json::from_value(json!({"name": "w", "persistentVolumeClaim": {"claimName": "c"}})).unwrap()]);
+    let created = sets.create(&PostParams::default(), &s).await.unwrap();
+    eventually("pod ph-0", || server.get("pods", NS, "ph-0").is_some()).await;
+    let p = server.get("pods", NS, "ph-0").unwrap();
+    assert_eq!(p["metadata"]["labels"]["app"], "ph");
+    assert_eq!(p["metadata"]["annotations"]["a"], "b");
+    assert_eq!(p["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], "c");
+    let owner = &p["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["uid"].as_str(), owner["controller"].as_bool()),
+        (Some("StatefulSet"), created.metadata.uid.as_deref(), Some(true))
+    );
+    // Deleted: made again, with a new uid.
+    let first_uid = p["metadata"]["uid"].clone();
+    server.delete("pods", NS, "ph-0");
+    eventually("pod ph-0 again", || server.get("pods", NS, "ph-0").is_some_and(|p| p["metadata"]["uid"] != first_uid))
+        .await;
+    // Other replica counts are left alone.
+    let mut two = sts("two");
+    two.spec.as_mut().unwrap().replicas = Some(2);
+    sets.create(&PostParams::default(), &two).await.unwrap();
+    // The StatefulSet deleted: its pod goes with it (garbage collection) and is not remade.
+    sets.delete("ph", &DeleteParams::default()).await.unwrap();
+    eventually("pod ph-0 collected", || server.get("pods", NS, "ph-0").is_none()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(server.get("pods", NS, "ph-0").is_none());
+    assert!(server.get("pods", NS, "two-0").is_none());
+}
+
+#[tokio::test]
+async fn a_refused_statefulset_pod_is_an_event_like_kube_controller_managers() {
+    let server = FakeApiServer::new();
+    server.insert(quota("pods", "1"));
+    server.insert(pod("user", json!({})));
+    server.run_statefulset_controller();
+    let client = server.client();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let created = sets.create(&PostParams::default(), &sts("ph")).await.unwrap();
+    let failed =
+        |server: &FakeApiServer| server.list("v1/events", NS).into_iter().find(|e| e["reason"] == "FailedCreate");
+    eventually("a FailedCreate event", || failed(&server).is_some()).await;
+    let e = failed(&server).unwrap();
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["source"]["component"], "statefulset-controller");
+    assert_eq!(
+        e["involvedObject"],
+        json!({"kind": "StatefulSet", "namespace": NS, "name": "ph", "uid": created.metadata.uid,
+            "apiVersion": "apps/v1", "resourceVersion": created.metadata.resource_version})
+    );
+    assert_eq!(
+        e["message"],
+        "create Pod ph-0 in StatefulSet ph failed error: pods \"ph-0\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=1, limited: pods=1"
+    );
+    // Retried with a backoff: the same Event counts up.
+    eventually("a repeat", || failed(&server).is_some_and(|e| e["count"].as_i64() >= Some(2))).await;
+    assert_eq!(server.list("v1/events", NS).len(), 1);
+    // Room made: the pod comes.
+    server.delete("pods", NS, "user");
+    eventually("pod ph-0", || server.get("pods", NS, "ph-0").is_some()).await;
+}
+
+#[tokio::test]
+async fn graceful_pod_deletion_keeps_a_bound_pod_for_its_grace_period() {
+    let server = FakeApiServer::new();
+    server.set_pod_termination(Duration::from_millis(200));
+    let pods: Api<Pod> = Api::namespaced(server.client(), NS);
+    let mut bound = pod("bound", json!({}));
+    bound.spec.as_mut().unwrap().node_name = Some("n1".into());
+    pods.create(&PostParams::default(), &bound).await.unwrap();
+    pods.create(&PostParams::default(), &pod("unbound", json!({}))).await.unwrap();
+    pods.delete("bound", &DeleteParams::default()).await.unwrap();
+    let marked = server.get("pods", NS, "bound").expect("still there while terminating");
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    // Writes to a terminating pod do not end it early.
+    let status = json!({"status": {"phase": "Running"}});
+    pods.patch_status("bound", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    assert!(server.get("pods", NS, "bound").is_some());
+    // An unbound pod goes at once.
+    pods.delete("unbound", &DeleteParams::default()).await.unwrap();
+    assert!(server.get("pods", NS, "unbound").is_none());
+    eventually("the terminating pod to go", || server.get("pods", NS, "bound").is_none()).await;
+    // gracePeriodSeconds=0 goes at once.
+    pods.create(&PostParams::default(), &bound).await.unwrap();
+    pods.delete("bound", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.unwrap();
+    assert!(server.get("pods", NS, "bound").is_none());
+    // A finished pod too.
+    pods.create(&PostParams::default(), &bound).await.unwrap();
+    let done = json!({"status": {"phase": "Succeeded"}});
+    pods.patch_status("bound", &PatchParams::default(), &Patch::Merge(&done)).await.unwrap();
+    pods.delete("bound", &DeleteParams::default()).await.unwrap();
+    assert!(server.get("pods", NS, "bound").is_none());
+}
+
+#[tokio::test]
+async fn uids_given_on_create_are_kept_only_when_asked() {
+    let server = FakeApiServer::new();
+    let pods: Api<Pod> = Api::namespaced(server.client(), NS);
+    let mut p = pod("a", json!({}));
+    p.metadata.uid = Some("recorded-uid".into());
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_ne!(created.metadata.uid.as_deref(), Some("recorded-uid"));
+    server.set_keep_uids(true);
+    p.metadata.name = Some("b".into());
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(created.metadata.uid.as_deref(), Some("recorded-uid"));
+}

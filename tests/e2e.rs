@@ -43,6 +43,8 @@
 //! the cluster exclusively, so any `--test-threads` is safe.
 
 // The crate root of a test target looks for modules beside it; these live in tests/e2e/.
+#[path = "support/admission.rs"]
+mod admission;
 #[path = "support/apiserver.rs"]
 mod apiserver;
 #[path = "e2e/cluster.rs"]

@@ -11,26 +11,20 @@
 //! (which objects the fake Tekton makes, what the webhook does to them, what the controller
 //! does in answer, what the assertions read); only a real cluster proves the scheduling.
 
-use crate::apiserver::{FakeApiServer, ResponseBody};
+use crate::admission::Admitting;
+use crate::apiserver::FakeApiServer;
 use crate::cluster::{is_schedulable, node_of, required_terms};
 use crate::env::{Env, Settings, drive};
 use crate::tekton::Mode;
 use affinity_assistant::decider::CacheDecider;
 use affinity_assistant::names;
-use affinity_assistant::webhook::review::{ReviewOptions, handle_review};
-use base64::Engine as _;
-use futures::future::BoxFuture;
-use http_body_util::BodyExt;
-use hyper::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +113,7 @@ async fn start() -> Offline {
             })
             .unwrap_or_default(),
     );
-    // What the preflight looks for; admission itself is the wrapper below.
+    // What the preflight looks for; admission itself is support/admission.rs.
     server.insert(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "affinity-assistant"},
         "webhooks": [{"name": "pods.affinity-assistant.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
@@ -132,78 +126,8 @@ async fn start() -> Offline {
         crate::world::Controller::start(plain.clone(), "offline", true);
     tasks.push(tokio::spawn(control_plane(plain.clone())));
     let decider = CacheDecider::new(caches, Some(plain), OWN_NAMESPACE, LEASE);
-    let client = Client::new(Admitting { server, decider: Arc::new(decider) }, "default");
+    let client = Admitting::new(server, Arc::new(decider)).client();
     Offline { client, _leader: leader, stop, tasks }
-}
-
-/// The in-memory API server with the add-on's webhook in front of pod creation, as a real
-/// API server calls it: only for pods the webhook configuration's objectSelector selects,
-/// applying the JSONPatch of the AdmissionReview response.
-#[derive(Clone)]
-struct Admitting {
-    server: FakeApiServer,
-    decider: Arc<CacheDecider>,
-}
-
-impl tower::Service<Request<kube::client::Body>> for Admitting {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<kube::client::Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let req = this.admit(req).await;
-            let mut server = this.server.clone();
-            tower::Service::call(&mut server, req).await
-        })
-    }
-}
-
-/// The namespace of a pod create request (`POST /api/v1/namespaces/{ns}/pods`).
-pub fn pod_create_namespace(method: &Method, path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/api/v1/namespaces/")?;
-    let (ns, tail) = rest.split_once('/')?;
-    (method == Method::POST && tail == "pods").then(|| ns.to_string())
-}
-
-impl Admitting {
-    async fn admit(&self, req: Request<kube::client::Body>) -> Request<kube::client::Body> {
-        let Some(ns) = pod_create_namespace(req.method(), req.uri().path()) else { return req };
-        let (parts, body) = req.into_parts();
-        let bytes = body.collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
-        let out = self.mutate(&ns, &bytes).await.unwrap_or(bytes);
-        Request::from_parts(parts, kube::client::Body::from(out))
-    }
-
-    /// The pod after the webhook, or `None` when the webhook is not called or changes nothing.
-    async fn mutate(&self, ns: &str, bytes: &[u8]) -> Option<Vec<u8>> {
-        let mut pod: Value = serde_json::from_slice(bytes).ok()?;
-        pod["metadata"]["labels"].get(affinity_assistant::engine::tekton::LABEL_PIPELINE_RUN)?;
-        let review = json!({
-            "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
-            "request": {
-                "uid": "offline", "operation": "CREATE", "namespace": ns, "name": pod["metadata"]["name"],
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "object": pod,
-            }
-        });
-        let admission =
-            handle_review(&serde_json::to_vec(&review).ok()?, &*self.decider, ReviewOptions::default()).await;
-        let response: Value = serde_json::from_slice(&admission.body).ok()?;
-        for w in response["response"]["warnings"].as_array().into_iter().flatten() {
-            eprintln!("webhook warning for {ns}/{}: {w}", pod["metadata"]["name"]);
-        }
-        let patch = base64::engine::general_purpose::STANDARD.decode(response["response"]["patch"].as_str()?).ok()?;
-        let patch: json_patch::Patch = serde_json::from_slice(&patch).ok()?;
-        json_patch::patch(&mut pod, &patch).ok()?;
-        serde_json::to_vec(&pod).ok()
-    }
 }
 
 /// The stand-ins for kube-controller-manager and kube-scheduler, every 50 ms.
@@ -321,14 +245,6 @@ mod tests {
         assert_eq!(choose_node(&pod("a", json!({}), None, term), &bound, &nodes[..1]), None, "its node is cordoned");
         assert_eq!(choose_node(&placeholder(None), &bound, &nodes).as_deref(), Some("node-1"));
         assert_eq!(choose_node(&pod("a", json!({}), None, json!([])), &bound, &nodes).as_deref(), Some("node-1"));
-    }
-
-    #[test]
-    fn only_pod_creates_are_admitted() {
-        assert_eq!(pod_create_namespace(&Method::POST, "/api/v1/namespaces/ci/pods").as_deref(), Some("ci"));
-        assert_eq!(pod_create_namespace(&Method::PATCH, "/api/v1/namespaces/ci/pods"), None);
-        assert_eq!(pod_create_namespace(&Method::POST, "/api/v1/namespaces/ci/pods/p/eviction"), None);
-        assert_eq!(pod_create_namespace(&Method::POST, "/api/v1/namespaces/ci/persistentvolumeclaims"), None);
     }
 
     // The scenario bodies of e2e.rs, offline.

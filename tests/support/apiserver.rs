@@ -24,17 +24,37 @@
 //! (background and foreground both delete dependents a moment later; orphan strips the owner
 //! reference); `PartialObjectMetadata` answers for kube's metadata API; pod eviction (deletes).
 //!
+//! Opt-in, for tests that need a cluster's behaviour rather than a store's:
+//! - ResourceQuota admission (always on, it only acts when a `resourcequotas` object exists):
+//!   a pod create that would exceed a quota's `spec.hard.pods` (a count) is refused with 403
+//!   `Forbidden` and kube-apiserver's message (`pods "x" is forbidden: exceeded quota: q,
+//!   requested: pods=1, used: pods=N, limited: pods=N`); `status.hard` and `status.used.pods`
+//!   (unfinished pods: phase not Succeeded/Failed) are kept current;
+//! - [`FakeApiServer::run_statefulset_controller`]: kube-controller-manager's StatefulSet
+//!   controller for one replica (pod `<name>-0` from the template, remade when gone, never while
+//!   the StatefulSet is being deleted; a refused create is a `FailedCreate` Warning Event on
+//!   the StatefulSet, retried with a backoff);
+//! - [`FakeApiServer::set_pod_termination`]: graceful pod deletion (a bound, unfinished pod
+//!   gets `deletionTimestamp` and goes that much later; `gracePeriodSeconds: 0`, an unbound or
+//!   a finished pod goes at once);
+//! - [`FakeApiServer::set_keep_uids`]: create keeps a given `metadata.uid` (trace replays);
+//! - [`FakeApiServer::changes`]: a wake-up on every write, for stand-ins in the tests.
+//!
 //! Not modelled: managedFields and conflicts between field managers (server-side apply is a
 //! JSON merge of the applied object into the stored one, plus removal of the fields the same
 //! manager applied last time and no longer applies; `force` is accepted and ignored; lists,
 //! including `listType=map`/`set` lists such as containers, conditions or finalizers, are
 //! replaced whole rather than merged by key); strategic-merge-patch list semantics (it is a JSON
 //! merge patch here: lists are replaced, and `$patch`/`$retainKeys`/`$setElementOrder`
-//! directives are rejected with 400); admission (no defaulting, no mutating or validating
-//! webhooks, no pod `qosClass`, no quota); schema and field validation (`fieldValidation` is
+//! directives are rejected with 400); admission other than the pod-count quota (no
+//! defaulting, no mutating or validating webhooks, no pod `qosClass`, no cpu/memory or object
+//! count quotas but pods, no LimitRange, no PodSecurity, no priority classes); schema and field validation (`fieldValidation` is
 //! ignored, any JSON is stored); RBAC enforcement (every request is allowed, but all are logged
-//! for checking the rules); namespace existence and namespace deletion; graceful pod deletion
-//! (pods go at once, `gracePeriodSeconds` is ignored); pagination (`limit` is ignored, lists
+//! for checking the rules); namespace existence and namespace deletion; graceful deletion of
+//! anything but pods, and of pods unless asked for (then the grace period is one fixed
+//! duration, whatever `gracePeriodSeconds` says); controllers other than the StatefulSet
+//! stand-in (no scheduler, kubelet, PV binder: see `scheduler.rs`; the StatefulSet stand-in
+//! knows one replica, no rolling updates, no `volumeClaimTemplates`, no status); pagination (`limit` is ignored, lists
 //! come in one page without a `continue` token); reads at an older resourceVersion
 //! (`resourceVersion`/`resourceVersionMatch` on get/list are ignored, the latest state is
 //! served); conversion between API versions (core/v1 and events.k8s.io/v1 Events are separate
@@ -45,7 +65,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,6 +91,7 @@ const BUILTIN: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("", "v1", "configmaps", "ConfigMap", true, false),
     ("", "v1", "secrets", "Secret", true, false),
     ("", "v1", "events", "Event", true, false),
+    ("", "v1", "resourcequotas", "ResourceQuota", true, true),
     ("", "v1", "services", "Service", true, true),
     ("", "v1", "serviceaccounts", "ServiceAccount", true, false),
     ("apps", "v1", "statefulsets", "StatefulSet", true, true),
@@ -293,6 +314,14 @@ struct State {
     gc_delay: Duration,
     random: RandomState,
     seq: u64,
+    /// Create keeps a `metadata.uid` the body carries (a replay of recorded objects).
+    keep_uids: bool,
+    /// Graceful pod deletion: a bound pod goes this long after its DELETE.
+    pod_termination: Option<Duration>,
+    /// The StatefulSet controller stand-in's per-StatefulSet retry state (uid -> backoff, next try).
+    sts_backoff: HashMap<String, (Duration, Instant)>,
+    /// This state, for the timers it starts itself.
+    me: Weak<Mutex<State>>,
 }
 
 /// The fake server. Cheap to clone; every clone shares the same state.
@@ -349,8 +378,13 @@ impl FakeApiServer {
             gc_delay: Duration::from_millis(20),
             random: RandomState::new(),
             seq: 0,
+            keep_uids: false,
+            pod_termination: None,
+            sts_backoff: HashMap::new(),
+            me: Weak::new(),
         };
-        FakeApiServer { state: Arc::new(Mutex::new(state)) }
+        let state = Arc::new_cyclic(|me| Mutex::new(State { me: me.clone(), ..state }));
+        FakeApiServer { state }
     }
 
     /// A client talking to this server, with `default` as its default namespace. Needs a tokio
@@ -400,6 +434,55 @@ impl FakeApiServer {
     /// How long after a delete the garbage collector runs (default 20 ms).
     pub fn set_gc_delay(&self, d: Duration) {
         lock(&self.state).gc_delay = d;
+    }
+
+    /// Lets create keep the `metadata.uid` a body carries instead of assigning one (a real
+    /// server always assigns one). For replaying recorded objects whose names and labels derive
+    /// from their uids (Tekton's PVC names, `tekton.dev/pipelineRunUID`, owner references).
+    pub fn set_keep_uids(&self, keep: bool) {
+        lock(&self.state).keep_uids = keep;
+    }
+
+    /// Graceful pod deletion: a DELETE of a pod bound to a node (not finished) sets
+    /// `deletionTimestamp` and `deletionGracePeriodSeconds` (the request's `gracePeriodSeconds`,
+    /// else the pod's `terminationGracePeriodSeconds`, else 30) and the pod goes `after` later,
+    /// as once its kubelet confirms; `gracePeriodSeconds: 0`, an unbound or a finished pod goes
+    /// at once. Off (every pod goes at once) until called.
+    pub fn set_pod_termination(&self, after: Duration) {
+        lock(&self.state).pod_termination = Some(after);
+    }
+
+    /// Wakes on every write (the current resourceVersion), for stand-ins that react to changes.
+    pub fn changes(&self) -> watch::Receiver<(u64, u64)> {
+        lock(&self.state).ticks.subscribe()
+    }
+
+    /// Starts kube-controller-manager's StatefulSet controller, as far as one replica goes: for
+    /// each StatefulSet with `replicas: 1` not being deleted, pod `<name>-0` is created from the
+    /// template (labels, annotations, spec; a controller owner reference to the StatefulSet)
+    /// whenever it does not exist, so also after it was deleted and is gone. A refused create
+    /// (quota) is recorded as the real controller does it, a core/v1 Warning Event `FailedCreate`
+    /// on the StatefulSet (`count` and `lastTimestamp` bumped on repeats), and retried with an
+    /// exponential backoff (50 ms doubling up to 2 s). The pods are created inside the server:
+    /// wrappers in front of it (an admission stand-in) do not see them, as the webhook's
+    /// objectSelector does not select placeholders. Runs until the server is dropped.
+    pub fn run_statefulset_controller(&self) {
+        let weak = Arc::downgrade(&self.state);
+        let mut rx = self.changes();
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let Some(state) = weak.upgrade() else { return };
+                    let mut st = lock(&state);
+                    st.statefulset_pass()
+                };
+                let wait = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep_until(wait) => {}
+                }
+            }
+        });
     }
 
     /// Declares a resource the built-in table lacks (otherwise it is learned from objects).
@@ -659,8 +742,13 @@ impl State {
         } else {
             self.objects.insert(key.clone(), new.clone());
         }
+        let quota_ns = (key.group.is_empty() && matches!(key.resource.as_str(), "pods" | "resourcequotas"))
+            .then(|| key.ns.clone());
         self.history.push_back(HistoryEntry { rv: self.rv, change, key, old, new: new.clone() });
         self.trim_history();
+        if let Some(ns) = quota_ns {
+            self.refresh_quotas(&ns);
+        }
         self.notify();
         new
     }
@@ -741,7 +829,11 @@ impl State {
             let msg = format!("{} \"{name}\" already exists", qualified(info));
             return Err(ApiError::new(409, "AlreadyExists", msg).about(info, &name));
         }
-        let uid = self.uid();
+        if info.group.is_empty() && info.resource == "pods" {
+            self.admit_quota(ns, &name)?;
+        }
+        let given = str_at(&obj, "/metadata/uid").filter(|u| self.keep_uids && !u.is_empty()).map(String::from);
+        let uid = given.unwrap_or_else(|| self.uid());
         let m = meta_mut(&mut obj);
         m.insert("name".into(), name.into());
         if info.namespaced {
@@ -824,7 +916,8 @@ impl State {
         }
         let finalizers_left =
             new.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-        if new.pointer("/metadata/deletionTimestamp").is_some() && !finalizers_left {
+        let graceful = new.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0;
+        if new.pointer("/metadata/deletionTimestamp").is_some() && !finalizers_left && !graceful {
             return Ok(self.write(Change::Deleted, key.clone(), new, dry_run));
         }
         Ok(self.write(Change::Modified, key.clone(), new, dry_run))
@@ -846,6 +939,9 @@ impl State {
             && let (Some(uid), false) = (str_at(&old, "/metadata/uid"), dry_run)
         {
             self.orphaned.insert(uid.to_string());
+        }
+        if let Some(marked) = self.delete_gracefully(key, &old, opts, dry_run) {
+            return Ok(marked);
         }
         let has_finalizers =
             old.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
@@ -898,6 +994,227 @@ impl State {
             }
         }
     }
+}
+
+impl State {
+    fn pod_finished(pod: &Value) -> bool {
+        matches!(str_at(pod, "/status/phase"), Some("Succeeded" | "Failed"))
+    }
+
+    /// The pods a quota counts in a namespace: not finished (a terminating pod still counts).
+    fn pods_used(&self, ns: &str) -> usize {
+        self.objects
+            .iter()
+            .filter(|(k, o)| k.group.is_empty() && k.resource == "pods" && k.ns == ns && !Self::pod_finished(o))
+            .count()
+    }
+
+    fn quotas(&self, ns: &str) -> Vec<(Key, Value)> {
+        self.objects
+            .iter()
+            .filter(|(k, _)| k.group.is_empty() && k.resource == "resourcequotas" && k.ns == ns)
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect()
+    }
+
+    /// ResourceQuota admission of a pod create: 403 when a quota's `spec.hard.pods` would be
+    /// exceeded, with kube-apiserver's message.
+    fn admit_quota(&self, ns: &str, pod_name: &str) -> Result<(), ApiError> {
+        let used = self.pods_used(ns);
+        for (key, quota) in self.quotas(ns) {
+            let Some(hard) = quota.pointer("/spec/hard/pods").and_then(quantity) else { continue };
+            if used as u64 + 1 > hard {
+                let msg = format!(
+                    "pods \"{pod_name}\" is forbidden: exceeded quota: {}, requested: pods=1, used: pods={used}, limited: pods={hard}",
+                    key.name
+                );
+                let mut e = ApiError::new(403, "Forbidden", msg);
+                e.details = Some(json!({"name": pod_name, "kind": "pods"}));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The quota controller: `status.hard` and `status.used.pods` of the namespace's quotas.
+    fn refresh_quotas(&mut self, ns: &str) {
+        let used = self.pods_used(ns);
+        for (key, quota) in self.quotas(ns) {
+            let hard = quota.pointer("/spec/hard").cloned().unwrap_or(json!({}));
+            let status = json!({"hard": hard, "used": {"pods": used.to_string()}});
+            if quota.get("status") != Some(&status) {
+                let mut new = quota.clone();
+                new["status"] = status;
+                self.write(Change::Modified, key, new, false);
+            }
+        }
+    }
+
+    /// Graceful deletion of a pod, when it applies: marks it and starts the timer that removes it.
+    fn delete_gracefully(&mut self, key: &Key, old: &Value, opts: &Value, dry_run: bool) -> Option<Value> {
+        let after = self.pod_termination?;
+        if !(key.group.is_empty() && key.resource == "pods") {
+            return None;
+        }
+        let requested = opts.get("gracePeriodSeconds").and_then(Value::as_i64);
+        let bound = str_at(old, "/spec/nodeName").is_some_and(|n| !n.is_empty());
+        if requested == Some(0) || !bound || Self::pod_finished(old) {
+            return None;
+        }
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Some(old.clone());
+        }
+        let grace = requested
+            .or_else(|| old.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30);
+        let mut new = old.clone();
+        let at = k8s_openapi::jiff::Timestamp::now().as_second() + grace;
+        let m = meta_mut(&mut new);
+        m.insert("deletionTimestamp".into(), timestamp(at).into());
+        m.insert("deletionGracePeriodSeconds".into(), grace.into());
+        let written = self.write(Change::Modified, key.clone(), new, dry_run);
+        if dry_run {
+            return Some(written);
+        }
+        let (weak, key, uid) = (self.me.clone(), key.clone(), str_at(old, "/metadata/uid").map(String::from));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(after).await;
+                let Some(state) = weak.upgrade() else { return };
+                let mut st = lock(&state);
+                let Some(pod) = st.objects.get(&key).cloned() else { return };
+                if str_at(&pod, "/metadata/uid").map(String::from) != uid {
+                    return;
+                }
+                let finalizers =
+                    pod.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+                if finalizers {
+                    let mut marked = pod;
+                    meta_mut(&mut marked).insert("deletionGracePeriodSeconds".into(), 0.into());
+                    st.write(Change::Modified, key, marked, false);
+                } else {
+                    st.write(Change::Deleted, key, pod, false);
+                    st.collect_garbage();
+                }
+            });
+        }
+        Some(written)
+    }
+
+    /// One pass of the StatefulSet controller stand-in; returns when it wants to run again
+    /// (a backoff), if not on the next change.
+    fn statefulset_pass(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let sets: Vec<(Key, Value)> = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.group == "apps" && k.resource == "statefulsets")
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        let live: HashSet<String> =
+            sets.iter().filter_map(|(_, s)| str_at(s, "/metadata/uid").map(String::from)).collect();
+        self.sts_backoff.retain(|uid, _| live.contains(uid));
+        let mut next: Option<Instant> = None;
+        let pods = self.info_for("", "v1", "pods").expect("pods are built in");
+        for (key, sts) in sets {
+            let replicas = sts.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            if replicas != 1 || sts.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            let uid = str_at(&sts, "/metadata/uid").unwrap_or_default().to_string();
+            let pod_name = format!("{}-0", key.name);
+            if self.objects.contains_key(&key_of(&pods, &key.ns, &pod_name)) {
+                self.sts_backoff.remove(&uid);
+                continue;
+            }
+            if let Some((_, at)) = self.sts_backoff.get(&uid)
+                && *at > now
+            {
+                next = Some(next.map_or(*at, |n| n.min(*at)));
+                continue;
+            }
+            let template = sts.pointer("/spec/template").cloned().unwrap_or(json!({}));
+            let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("statefulset.kubernetes.io/pod-name".into(), pod_name.clone().into());
+                l.insert("apps.kubernetes.io/pod-index".into(), "0".into());
+            }
+            let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": key.ns, "labels": labels,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": key.name,
+                        "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
+                "spec": template.get("spec").cloned().unwrap_or(json!({}))});
+            if let Some(a) = template.pointer("/metadata/annotations") {
+                pod["metadata"]["annotations"] = a.clone();
+            }
+            pod["spec"]["hostname"] = pod_name.clone().into();
+            match self.create_obj(&pods, &key.ns, pod, false) {
+                Ok(_) => {
+                    self.sts_backoff.remove(&uid);
+                }
+                Err(e) => {
+                    let message =
+                        format!("create Pod {pod_name} in StatefulSet {} failed error: {}", key.name, e.message);
+                    self.record_event(&key, &sts, "Warning", "FailedCreate", &message, "statefulset-controller");
+                    let backoff = self
+                        .sts_backoff
+                        .get(&uid)
+                        .map_or(Duration::from_millis(50), |(b, _)| (*b * 2).min(Duration::from_secs(2)));
+                    let at = now + backoff;
+                    self.sts_backoff.insert(uid, (backoff, at));
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        next
+    }
+
+    /// A core/v1 Event about an object, aggregated as client-go's recorder does: the same
+    /// object, reason and message bump `count` and `lastTimestamp` of the existing Event.
+    fn record_event(&mut self, about: &Key, obj: &Value, kind: &str, reason: &str, message: &str, component: &str) {
+        let Some(info) = self.info_for("", "v1", "events") else { return };
+        let obj_info = self.info_for(&about.group, &about.version, &about.resource);
+        let uid = str_at(obj, "/metadata/uid").unwrap_or_default().to_string();
+        let stamp = now();
+        let existing = self.objects.iter().find(|(k, e)| {
+            same_resource(k, &info)
+                && k.ns == about.ns
+                && str_at(e, "/involvedObject/uid") == Some(uid.as_str())
+                && str_at(e, "/reason") == Some(reason)
+                && str_at(e, "/message") == Some(message)
+        });
+        if let Some((key, e)) = existing.map(|(k, e)| (k.clone(), e.clone())) {
+            let mut e = e;
+            e["count"] = (e["count"].as_i64().unwrap_or(1) + 1).into();
+            e["lastTimestamp"] = stamp.into();
+            self.write(Change::Modified, key, e, false);
+            return;
+        }
+        let name = format!("{}.{:016x}", about.name, self.random());
+        let involved = json!({"kind": obj_info.as_ref().map(|i| i.kind.clone()).unwrap_or_default(),
+            "namespace": about.ns, "name": about.name, "uid": uid,
+            "apiVersion": obj_info.as_ref().map(|i| i.api_version()).unwrap_or_default(),
+            "resourceVersion": str_at(obj, "/metadata/resourceVersion").unwrap_or_default()});
+        let event = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": about.ns, "uid": self.uid(), "creationTimestamp": stamp},
+            "involvedObject": involved, "reason": reason, "message": message, "type": kind,
+            "source": {"component": component}, "reportingComponent": component, "reportingInstance": "",
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1});
+        self.write(Change::Added, key_of(&info, &about.ns, &name), event, false);
+    }
+}
+
+/// A count quantity (`"2"`, `2`); suffixes are not modelled.
+fn quantity(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn timestamp(second: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(second).expect("time in range").to_string()
 }
 
 fn set_or_remove(obj: &mut Value, field: &str, value: Option<Value>) {

@@ -56,6 +56,12 @@ pub struct Controller {
 impl Controller {
     /// Starts them; `identity` names the Event reporter instance.
     pub fn start(client: Client, identity: &str, leader: bool) -> Controller {
+        Self::start_with(client, identity, leader, None)
+    }
+
+    /// As [`Controller::start`], also reading Tekton's `feature-flags` in `tekton_namespace`
+    /// (its `coschedule` flag) as `run --tekton-namespace` does.
+    pub fn start_with(client: Client, identity: &str, leader: bool, tekton_namespace: Option<&str>) -> Controller {
         init_tracing();
         let caches = Arc::new(Caches::default());
         let mut registry = prometheus_client::registry::Registry::default();
@@ -73,7 +79,7 @@ impl Controller {
             own_namespace: OWN.into(),
             config_name: "feature-flags".into(),
             lease_name: LEASE.into(),
-            tekton_namespace: None,
+            tekton_namespace: tekton_namespace.map(String::from),
         };
         let (triggers, mut tasks) = watch::start(client.clone(), caches.clone(), &watch_options, reporter);
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(leader);
@@ -179,4 +185,14 @@ pub fn placeholder_pod(ns: &str, sts: &str, node: &str) -> Value {
             names::LABEL_APP_MANAGED_BY: "affinity-assistant", names::LABEL_PLACEHOLDER: sts}},
         "spec": {"containers": [{"name": "placeholder", "image": "pause"}], "nodeName": node},
         "status": {"phase": "Running"}})
+}
+
+/// A fresh leader Lease held by `holder` for an hour: the webhook pins only while a controller
+/// holds one.
+pub fn leader_lease(holder: &str) -> Value {
+    let renew = k8s_openapi::jiff::Timestamp::now();
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": LEASE, "namespace": OWN},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3600,
+            "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(renew)}})
 }
