@@ -292,10 +292,10 @@ pub fn watch_tekton_flags(
                 caches.set_tekton_coschedule(value);
             }
             caches.set_tekton_flags_read();
-            if changed || (!was_ready && caches.ready()) {
-                if let Some(tx) = &tx {
-                    let _ = tx.send(Trigger::All);
-                }
+            if (changed || (!was_ready && caches.ready()))
+                && let Some(tx) = &tx
+            {
+                let _ = tx.send(Trigger::All);
             }
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
