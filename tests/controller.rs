@@ -493,3 +493,107 @@ async fn leader_election_with_two_controllers() {
     assert!(affinity_assistant::cluster::lease_fresh(&lease, now));
     let _ = BTreeMap::<(), ()>::new();
 }
+
+/// Writes the add-on made to placeholders: (verb, namespace, name).
+fn placeholder_writes(server: &FakeApiServer) -> Vec<(Verb, Option<String>, Option<String>)> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "statefulsets" && matches!(r.verb, Verb::Create | Verb::Delete | Verb::Patch))
+        .map(|r| (r.verb, r.namespace, r.name))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_with_slow_and_reordered_lists_deletes_and_replaces_nothing() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    let first = start(client.clone(), true).await;
+    for (i, claim) in ["a", "b", "c"].iter().enumerate() {
+        create_pvc(&client, NS, claim, "ReadWriteOnce").await;
+        create_run(&client, NS, &format!("r{i}"), &[claim], json!({})).await;
+    }
+    eventually("three placeholders", WAIT, || placeholders(&server, NS).len() == 3).await;
+    first.stop().await;
+    server.clear_requests();
+    // The restarted add-on sees its placeholders long before the runs, claims, pods, config.
+    for resource in ["pipelineruns", "persistentvolumeclaims", "pods", "configmaps", "pipelines"] {
+        server.faults().fail_next(resource, Verb::List, 1, Fault::Delay(Duration::from_millis(700)));
+    }
+    let second = start(client.clone(), true).await;
+    let caches = second.caches.clone();
+    eventually("placeholders listed", WAIT, || caches.placeholders.len() == 3).await;
+    assert!(!caches.ready(), "not ready while runs are still being listed");
+    eventually("ready", WAIT, || caches.ready()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(placeholder_writes(&server), vec![], "no placeholder deleted, replaced or changed");
+    assert_eq!(placeholders(&server, NS).len(), 3);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_seen_before_the_config_gets_the_configured_mode() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    server.insert(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "feature-flags", "namespace": OWN},
+        "data": {"mode": "pipelineruns"}}),
+    );
+    for claim in ["x", "y"] {
+        server.insert(
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": NS},
+            "spec": {"accessModes": ["ReadWriteOnce"]}}),
+        );
+    }
+    // A run using the two claims in two tasks: one placeholder in pipelineruns mode, two in
+    // workspaces mode (the default, in force until the ConfigMap is read).
+    let run = json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+        "metadata": {"name": "r", "namespace": NS, "uid": "uid-r"},
+        "spec": {"pipelineRef": {"name": "p"}, "workspaces": [
+            {"name": "a", "persistentVolumeClaim": {"claimName": "x"}}, {"name": "b", "persistentVolumeClaim": {"claimName": "y"}}]},
+        "status": {"conditions": [{"type": "Succeeded", "status": "Unknown"}], "pipelineSpec": {"tasks": [
+            {"name": "t1", "workspaces": [{"name": "a"}]}, {"name": "t2", "workspaces": [{"name": "b"}]}]}}});
+    server.insert(run);
+    server.faults().fail_next("configmaps", Verb::List, 1, Fault::Delay(Duration::from_millis(700)));
+    let c = start(client.clone(), true).await;
+    eventually("placeholder", WAIT, || !placeholders(&server, NS).is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = placeholders(&server, NS);
+    assert_eq!(all.len(), 1, "{:?}", all.iter().map(claims_of).collect::<Vec<_>>());
+    assert_eq!(all[0]["metadata"]["annotations"][names::ANNOTATION_MODE], "pipelineruns");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_relist_in_one_of_three_watched_namespaces_deletes_nothing_anywhere() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    let namespaces = ["team-a", "team-b", "team-c"];
+    let c = Controller::start_watching(client.clone(), "test", true, None, &namespaces);
+    for ns in namespaces {
+        create_pvc(&client, ns, "src", "ReadWriteOnce").await;
+        create_run(&client, ns, "r", &["src"], json!({})).await;
+    }
+    for ns in namespaces {
+        eventually("placeholder", WAIT, || placeholders(&server, ns).len() == 1).await;
+    }
+    let caches = c.caches.clone();
+    eventually("ready", WAIT, || caches.ready()).await;
+    server.clear_requests();
+    // Every watch is cut; history is gone, so resuming gets 410 Expired and each watcher
+    // relists on its own, at its own pace (team-b's runs list slowly).
+    server.set_history_limit(1);
+    for i in 0..5 {
+        create_pvc(&client, "elsewhere", &format!("noise-{i}"), "ReadWriteOnce").await;
+    }
+    server.faults().fail_next("pipelineruns", Verb::List, 1, Fault::Delay(Duration::from_millis(400)));
+    server.drop_watches();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for ns in namespaces {
+        assert_eq!(placeholders(&server, ns).len(), 1, "{ns}");
+        assert_eq!(caches.runs.in_namespace(ns).len(), 1, "{ns}'s run is still cached");
+    }
+    let deletes: Vec<_> = placeholder_writes(&server).into_iter().filter(|(v, ..)| *v == Verb::Delete).collect();
+    assert_eq!(deletes, vec![], "nothing deleted anywhere");
+    c.stop().await;
+}

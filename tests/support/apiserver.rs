@@ -192,6 +192,9 @@ pub enum Fault {
     /// The response stays pending for the duration, then is a 504 `Timeout` status. Use a long
     /// duration (even `Duration::MAX`) for a call that never completes within the test.
     Timeout(Duration),
+    /// Not a failure: the request is served normally after the duration (a slow list, so that
+    /// resources list in another order than they were asked for).
+    Delay(Duration),
 }
 
 /// One request as the RBAC authorizer would see it.
@@ -1460,6 +1463,7 @@ fn fault_error(fault: Fault) -> ApiError {
             "Timeout",
             "Timeout: request did not complete within the allotted timeout (injected fault)",
         ),
+        Fault::Delay(_) => ApiError::new(500, "InternalError", "a delay is not an error"),
     }
 }
 
@@ -1534,11 +1538,15 @@ impl FakeApiServer {
             let fault = st.take_fault(&info, verb);
             (info, known, fault)
         };
-        if let Some(fault) = fault {
-            if let Fault::Timeout(d) = fault {
-                tokio::time::sleep(d).await;
+        match fault {
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            Some(fault) => {
+                if let Fault::Timeout(d) = fault {
+                    tokio::time::sleep(d).await;
+                }
+                return error_response(&fault_error(fault));
             }
-            return error_response(&fault_error(fault));
+            None => {}
         }
         let scope_ok = !known
             || match (info.namespaced, route.ns.is_some()) {

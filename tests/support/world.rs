@@ -62,6 +62,17 @@ impl Controller {
     /// As [`Controller::start`], also reading Tekton's `feature-flags` in `tekton_namespace`
     /// (its `coschedule` flag) as `run --tekton-namespace` does.
     pub fn start_with(client: Client, identity: &str, leader: bool, tekton_namespace: Option<&str>) -> Controller {
+        Self::start_watching(client, identity, leader, tekton_namespace, &[])
+    }
+
+    /// As [`Controller::start_with`], watching only `namespaces` (`--watch-namespace`; empty: all).
+    pub fn start_watching(
+        client: Client,
+        identity: &str,
+        leader: bool,
+        tekton_namespace: Option<&str>,
+        namespaces: &[&str],
+    ) -> Controller {
         init_tracing();
         let caches = Arc::new(Caches::default());
         let mut registry = prometheus_client::registry::Registry::default();
@@ -75,7 +86,7 @@ impl Controller {
         );
         let reporter = controller::config_reporter(recorder, metrics.clone());
         let watch_options = WatchOptions {
-            namespaces: vec![],
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
             own_namespace: OWN.into(),
             config_name: "feature-flags".into(),
             lease_name: LEASE.into(),
