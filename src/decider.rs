@@ -219,6 +219,7 @@ impl CacheDecider {
                     pod.metadata.display_name(),
                     self.budget.as_millis()
                 ),
+                undo: None,
             }),
         }
     }

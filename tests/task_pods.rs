@@ -312,3 +312,64 @@ fn our_own_term_is_recognised() {
     let pin = expect_pin(decide(&pod(&r, "build", &["source"]), &w.plan(), true));
     assert!(is_pin_term(&pin.term));
 }
+
+/// A later webhook's change on top of our pin, and the reinvocation's answer applied.
+fn reinvoke(w: &World, pinned: &Value, change: impl FnOnce(&mut Value)) -> (affinity_assistant::core::Skip, Value) {
+    let mut later = pinned.clone();
+    change(&mut later);
+    let s = expect_skip(decide_json(&later, w));
+    let mut out = later.clone();
+    if let Some(undo) = &s.undo {
+        json_patch::patch(&mut out, undo).expect("the undo patch applies");
+    }
+    (s, out)
+}
+
+#[test]
+fn a_reinvocation_after_another_webhook_added_a_required_term_takes_the_pin_back() {
+    let (w, r) = simple();
+    let v = pod_json(&r, "build", &["source", "cache"]);
+    let pinned = apply_patch(&v, &expect_pin(decide_json(&v, &w)));
+    let theirs = json!({"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "topology.kubernetes.io/zone"});
+    let (s, out) = reinvoke(&w, &pinned, |p| {
+        p["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            .as_array_mut()
+            .unwrap()
+            .push(theirs.clone())
+    });
+    assert_eq!(s.reason, SkipReason::PinWithdrawn);
+    assert!(s.reason.warns() && s.message.contains("another admission webhook"), "{}", s.message);
+    // What is left: their term only, none of our label or annotations (I2: never two terms with ours).
+    let required = out["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].clone();
+    assert_eq!(required, json!([theirs]));
+    assert!(out["metadata"]["labels"].get(names::LABEL_PINNED).is_none());
+    assert!(out["metadata"]["annotations"].get(names::ANNOTATION_PINNED_TO).is_none());
+    assert!(out["metadata"]["annotations"].get(names::ANNOTATION_CLAIMS).is_none());
+    // A third call has nothing of ours to look at: it leaves the pod as it is.
+    let third = expect_skip(decide_json(&out, &w));
+    assert!(third.undo.is_none());
+    assert_eq!(third.reason, SkipReason::OwnPodAffinity);
+}
+
+#[test]
+fn a_reinvocation_after_a_node_selector_that_excludes_the_placeholder_takes_the_pin_back() {
+    let (mut w, r) = simple();
+    let node = affinity_assistant::model::NodeInfo {
+        name: "n1".into(),
+        labels: [("pool".to_string(), "ci".to_string())].into(),
+        taints: vec![],
+    };
+    let plan = w.plan();
+    w.apply(&plan, Some(&node));
+    let v = pod_json(&r, "build", &["source", "cache"]);
+    let pinned = apply_patch(&v, &expect_pin(decide_json(&v, &w)));
+    // A webhook that adds a selector the placeholder's node satisfies: the pin stays.
+    let (s, _) = reinvoke(&w, &pinned, |p| p["spec"]["nodeSelector"] = json!({"pool": "ci"}));
+    assert_eq!((s.reason, s.undo.is_none()), (SkipReason::AlreadyPinned, true));
+    // One it does not satisfy: taken back, the pod can go where its selector says.
+    let (s, out) = reinvoke(&w, &pinned, |p| p["spec"]["nodeSelector"] = json!({"pool": "gpu"}));
+    assert_eq!(s.reason, SkipReason::PinWithdrawn);
+    assert!(s.message.contains("aa-"), "names the placeholder: {}", s.message);
+    assert_eq!(out["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"], json!([]));
+    assert_eq!(out["spec"]["nodeSelector"], json!({"pool": "gpu"}));
+}

@@ -400,7 +400,11 @@ impl Decider for Odd {
         if self.hang {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-        Decision::Skip(affinity_assistant::core::Skip { reason: SkipReason::NoPlaceholder, message: "none".into() })
+        Decision::Skip(affinity_assistant::core::Skip {
+            reason: SkipReason::NoPlaceholder,
+            message: "none".into(),
+            undo: None,
+        })
     }
 
     fn ready(&self) -> bool {

@@ -52,6 +52,9 @@ pub enum SkipReason {
     VolumeExcluded,
     /// The decision could not be made within the webhook's budget (a wait or a read ran out).
     Budget,
+    /// A reinvocation after a later webhook added its own required podAffinity term, or node
+    /// constraints that exclude the placeholder's node: the pin is taken back.
+    PinWithdrawn,
 }
 
 impl SkipReason {
@@ -74,6 +77,7 @@ impl SkipReason {
             SkipReason::PlaceholderRefused => "placeholder-refused",
             SkipReason::VolumeExcluded => "volume-excluded",
             SkipReason::Budget => "budget",
+            SkipReason::PinWithdrawn => "pin-withdrawn",
         }
     }
 
@@ -90,6 +94,7 @@ impl SkipReason {
                 | SkipReason::PlaceholderRefused
                 | SkipReason::VolumeExcluded
                 | SkipReason::Budget
+                | SkipReason::PinWithdrawn
         )
     }
 }
@@ -98,6 +103,9 @@ impl SkipReason {
 pub struct Skip {
     pub reason: SkipReason,
     pub message: String,
+    /// On a reinvocation: the JSONPatch that takes back the pin an earlier call added (another
+    /// webhook has since made it unschedulable, I2/I5).
+    pub undo: Option<Patch>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,7 +141,7 @@ impl Decision {
 }
 
 fn skip(reason: SkipReason, message: impl Into<String>) -> Decision {
-    Decision::Skip(Skip { reason, message: message.into() })
+    Decision::Skip(Skip { reason, message: message.into(), undo: None })
 }
 
 /// The term that pins a pod next to a placeholder.
@@ -195,8 +203,8 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
         return skip(SkipReason::NotTaskPod, format!("{who} belongs to no pipeline run"));
     };
     let required = pod.required_pod_affinity();
-    if !required.is_empty() && required.iter().all(is_pin_term) {
-        return skip(SkipReason::AlreadyPinned, format!("{who} is already pinned"));
+    if required.iter().any(is_pin_term) {
+        return reinvoked(pod, plan, &who);
     }
     match annotation_enabled(&meta.annotations) {
         Ok(true) => {}
@@ -322,6 +330,77 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
         patch,
         placeholder_ready: target.pod_exists,
     }))
+}
+
+/// A pod that already carries our term: a reinvocation (`reinvocationPolicy: IfNeeded`) after a
+/// later webhook changed it. The pin stays only while the pod can still schedule: no required
+/// podAffinity term of anyone else (the scheduler needs ONE pod matching every term, I2) and
+/// no node constraint excluding the placeholder's node (I5). Otherwise it is taken back.
+fn reinvoked(pod: &TaskPod, plan: &Plan, who: &Who<'_>) -> Decision {
+    let required = pod.required_pod_affinity();
+    let ours: Vec<usize> = (0..required.len()).filter(|&i| is_pin_term(&required[i])).collect();
+    let placeholder = pin_target(&required[ours[0]]).unwrap_or_default();
+    let why = if ours.len() < required.len() {
+        Some(format!(
+            "another admission webhook added a required podAffinity term after {who} was pinned to {placeholder}; \
+             the scheduler needs one pod matching every term, which the placeholder cannot be"
+        ))
+    } else {
+        plan.placeholder(placeholder).and_then(|target| {
+            let excluded = match &target.node {
+                Some(node) => scheduling::node_excludes(
+                    node,
+                    &pod.spec.node_selector,
+                    pod.required_node_affinity(),
+                    &pod.spec.tolerations,
+                ),
+                None => scheduling::selectors_conflict(&pod.spec.node_selector, &target.node_selector),
+            };
+            excluded.map(|why| {
+                format!("another admission webhook changed {who}'s node constraints: it cannot run where placeholder {placeholder} is ({why})")
+            })
+        })
+    };
+    let Some(why) = why else {
+        return skip(SkipReason::AlreadyPinned, format!("{who} is already pinned"));
+    };
+    Decision::Skip(Skip {
+        reason: SkipReason::PinWithdrawn,
+        message: format!("{why}; the pin was taken back and the pod is not pinned"),
+        undo: Some(unpin_patch(pod, &ours)),
+    })
+}
+
+/// The placeholder a pin term selects.
+fn pin_target(term: &PodAffinityTerm) -> Option<&str> {
+    term.label_selector.as_ref()?.match_labels.as_ref()?.get(names::LABEL_PLACEHOLDER).map(String::as_str)
+}
+
+/// Removes our terms (highest index first, so earlier indices stay valid), our label and our
+/// annotations.
+fn unpin_patch(pod: &TaskPod, ours: &[usize]) -> Patch {
+    let remove = |path: json_patch::jsonptr::PointerBuf| PatchOperation::Remove(json_patch::RemoveOperation { path });
+    let mut ops: Vec<PatchOperation> = ours
+        .iter()
+        .rev()
+        .map(|i| {
+            let mut path = paths::REQUIRED_TERMS.to_buf();
+            path.push_back(i.to_string());
+            remove(path)
+        })
+        .collect();
+    if pod.metadata.labels.contains_key(names::LABEL_PINNED) {
+        ops.push(remove(paths::LABEL_PINNED.to_buf()));
+    }
+    for (key, path) in [
+        (names::ANNOTATION_PINNED_TO, paths::ANNOTATION_PINNED_TO),
+        (names::ANNOTATION_CLAIMS, paths::ANNOTATION_CLAIMS),
+    ] {
+        if pod.metadata.annotations.contains_key(key) {
+            ops.push(remove(path.to_buf()));
+        }
+    }
+    Patch(ops)
 }
 
 impl Pin {

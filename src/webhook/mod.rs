@@ -91,6 +91,7 @@ impl Decider for PlanDecider {
                     Decision::Pin(_) => Decision::Skip(Skip {
                         reason: SkipReason::RunNotFound,
                         message: format!("namespace {} has no plan", pod.metadata.namespace),
+                        undo: None,
                     }),
                 }
             }

@@ -365,7 +365,10 @@ fn skipped(uid: &str, pod: &TaskPod<'_>, skip: Skip, dry_run: bool) -> Admission
         );
         None
     };
-    respond(uid, None, warning, Outcome::Skipped(skip.reason))
+    // A reinvocation that takes back an earlier pin: the patch removes it.
+    let undo = skip.undo.as_ref().and_then(|p| serde_json::to_vec(p).ok());
+    let patch = undo.map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    respond(uid, patch, warning, Outcome::Skipped(skip.reason))
 }
 
 fn respond(uid: &str, patch: Option<String>, warning: Option<String>, outcome: Outcome) -> Admission {
