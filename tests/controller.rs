@@ -597,3 +597,39 @@ async fn a_relist_in_one_of_three_watched_namespaces_deletes_nothing_anywhere() 
     assert_eq!(deletes, vec![], "nothing deleted anywhere");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_move_waits_until_the_pinned_pods_on_the_cordoned_node_finish() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    server.insert(node("n1", false));
+    let c = start(client.clone(), true).await;
+    create_pvc(&client, NS, "src", "ReadWriteOnce").await;
+    let uid = create_run(&client, NS, "r", &["src"], json!({})).await;
+    eventually("placeholder", WAIT, || placeholders(&server, NS).len() == 1).await;
+    let name = placeholders(&server, NS)[0]["metadata"]["name"].as_str().unwrap().to_string();
+    server.insert(placeholder_pod(NS, &name, "n1"));
+    // A pinned task pod runs on n1 and holds the volume there.
+    server.insert(pinned_pod("r-build-pod", &name, "src", &uid, "Running"));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes.patch("n1", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"unschedulable": true}}))).await.unwrap();
+    let pod_name = format!("{name}-0");
+    // Well past the grace period (300 ms in tests): it stays, and the runs hear why.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(server.get("pods", NS, &pod_name).is_some(), "moved while a pinned pod runs on the node");
+    let events = server.list("events", NS);
+    let waiting = events.iter().find(|e| e["reason"] == "PlaceholderMoveWaiting").expect("a waiting Event");
+    assert_eq!(waiting["type"], "Normal", "a state that resolves itself is no Warning");
+    assert!(waiting["note"].as_str().unwrap().contains("r-build-pod"), "{waiting}");
+    // Once it finished, the placeholder moves.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+    pods.patch_status(
+        "r-build-pod",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .unwrap();
+    eventually("placeholder pod deleted", WAIT, || server.get("pods", NS, &pod_name).is_none()).await;
+    c.stop().await;
+}

@@ -347,3 +347,24 @@ async fn a_stood_down_runs_placeholder_stays_while_a_pod_pinned_to_it_runs() {
     eventually("then it goes", WAIT, || placeholders(&w.server, NS).is_empty()).await;
     w.controller.stop().await;
 }
+
+#[tokio::test]
+async fn tektons_own_placeholder_pod_is_never_reported_as_an_unpinned_task_pod() {
+    let w = world(Duration::from_secs(2)).await;
+    w.server.insert(pipeline("build", json!({})));
+    w.server.insert(pvc("own-src"));
+    w.server.insert(pipeline_ref_run("own", json!({"name": "build"})));
+    eventually("our placeholder", WAIT, || placeholders(&w.server, NS).len() == 1).await;
+    // Tekton's placeholder pod carries the run's label and mounts its claim, like a task pod.
+    w.server.insert(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "affinity-assistant-2fe00e2c9e-0", "namespace": NS,
+            "labels": {"app.kubernetes.io/component": "affinity-assistant", "tekton.dev/pipelineRun": "own"}},
+        "spec": {"containers": [{"name": "affinity-assistant", "image": "nop"}],
+            "volumes": [{"name": "workspace-0", "persistentVolumeClaim": {"claimName": "own-src"}}]},
+        "status": {"phase": "Pending"}}));
+    let caches = w.controller.caches.clone();
+    eventually("pod cached", WAIT, || caches.task_pods.len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(run_events(&w.server, "own", "TaskPodNotPinned").is_empty(), "{:?}", w.server.list("events", NS));
+    w.controller.stop().await;
+}

@@ -521,15 +521,16 @@ pub fn node_info(node: &Node) -> NodeInfo {
     }
 }
 
-/// The live pod of a placeholder (its StatefulSet pod is `<name>-0`), if any.
+/// The pod of a placeholder (its StatefulSet pod is `<name>-0`), if any: the live one, else
+/// one still terminating (until it is gone the scheduler still counts it for the pinned pods'
+/// affinity, and its quota is still used).
 pub fn placeholder_pod<'p>(placeholder: &str, pods: &'p [Arc<Pod>]) -> Option<&'p Pod> {
-    pods.iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .find(|p| {
-            p.metadata.labels.as_ref().and_then(|l| l.get(names::LABEL_PLACEHOLDER)).map(String::as_str)
-                == Some(placeholder)
-        })
-        .map(|p| &**p)
+    let mut of = pods.iter().filter(|p| {
+        p.metadata.labels.as_ref().and_then(|l| l.get(names::LABEL_PLACEHOLDER)).map(String::as_str)
+            == Some(placeholder)
+    });
+    let (live, terminating): (Vec<_>, Vec<_>) = of.by_ref().partition(|p| p.metadata.deletion_timestamp.is_none());
+    live.into_iter().chain(terminating).next().map(|p| &**p)
 }
 
 /// The node a placeholder's pod is bound to.

@@ -454,7 +454,26 @@ async fn check_placeholder_pod(ctx: &Context, namespace: &str, p: &PlannedPlaceh
     if ctx.memory().moved_at.get(p.name.as_str()).is_some_and(|at| at.elapsed() < grace) {
         return Ok(());
     }
-    if let Some(claim) = node_pinned_claim(ctx, namespace, &p.claims).await? {
+    // Pinned pods still running there hold the volume on that node: a placeholder moved away
+    // could not attach it, and every new pinned pod would follow it into the wait. Move once
+    // they are done (a NotReady node's pods are not running: no wait then).
+    if !force {
+        let busy = unfinished_pinned_on(ctx, namespace, &p.name, &node_name);
+        if !busy.is_empty() {
+            let note = format!(
+                "placeholder {} stays on node {node_name} ({why}) until the {} pinned pod(s) running there finish \
+                 ({}): they hold its volume on that node",
+                p.name,
+                busy.len(),
+                busy.join(", ")
+            );
+            debug!(namespace, placeholder = %p.name, node = %node_name, pods = busy.len(), "move waits for pinned pods");
+            event_on_owners(ctx, namespace, p, EventType::Normal, "PlaceholderMoveWaiting", "Move", note).await;
+            return Ok(());
+        }
+    }
+    let held: BTreeSet<Name> = p.claims.iter().chain(&p.riders).cloned().collect();
+    if let Some(claim) = node_pinned_claim(ctx, namespace, &held).await? {
         let note = format!(
             "placeholder {} stays on node {node_name} ({why}): the volume of claim {claim} can only be used on that node",
             p.name
@@ -484,6 +503,22 @@ async fn check_placeholder_pod(ctx: &Context, namespace: &str, p: &PlannedPlaceh
     Ok(())
 }
 
+/// Unfinished pods pinned to `placeholder` and bound to `node`, by name.
+fn unfinished_pinned_on(ctx: &Context, namespace: &str, placeholder: &str, node: &str) -> Vec<String> {
+    let mut out: Vec<String> = ctx
+        .caches
+        .task_pods
+        .in_namespace(namespace)
+        .iter()
+        .filter(|t| t.annotations().get(names::ANNOTATION_PINNED_TO).is_some_and(|p| p == placeholder))
+        .filter(|t| t.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .filter(|t| !matches!(t.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+        .map(|t| t.name_any())
+        .collect();
+    out.sort();
+    out
+}
+
 async fn surface_task_pods(ctx: &Context, namespace: &str, plan: &Plan, placeholder_pods: &[Arc<Pod>]) {
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let mut pending = 0;
@@ -493,10 +528,16 @@ async fn surface_task_pods(ctx: &Context, namespace: &str, plan: &Plan, placehol
             continue;
         }
         let labels = pod.labels();
-        let Some(run_ref_) = crate::engine::engines().iter().find_map(|e| {
-            let meta = crate::pod::PodMeta { labels: crate::pod::borrowed_map(labels), ..Default::default() };
-            e.pod_run(&meta)
-        }) else {
+        let meta = crate::pod::PodMeta {
+            labels: crate::pod::borrowed_map(labels),
+            annotations: crate::pod::borrowed_map(pod.annotations()),
+            ..Default::default()
+        };
+        // The engine's own placeholder pods and the pods its assistant pinned are not ours.
+        if crate::engine::engines().iter().any(|e| e.pod_skip(&meta).is_some()) {
+            continue;
+        }
+        let Some(run_ref_) = crate::engine::engines().iter().find_map(|e| e.pod_run(&meta)) else {
             continue;
         };
         let Some(rp) = plan.run(&run_ref_.name, run_ref_.uid.as_deref()) else { continue };
