@@ -633,3 +633,30 @@ async fn a_move_waits_until_the_pinned_pods_on_the_cordoned_node_finish() {
     eventually("placeholder pod deleted", WAIT, || server.get("pods", NS, &pod_name).is_none()).await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn what_the_controller_keeps_for_a_namespace_goes_with_it() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    server.insert(node("n1", false));
+    let c = start(client.clone(), true).await;
+    let size = |kind: &str| c.ctx.memory_sizes().into_iter().find(|(k, _)| *k == kind).map(|(_, n)| n).unwrap();
+    // A namespace whose reconciles fail for a while (its creates are refused with 500s): back-off.
+    server.faults().fail_next("statefulsets", Verb::Create, 1, Fault::Internal);
+    create_pvc(&client, "short-lived", "src", "ReadWriteOnce").await;
+    create_run(&client, "short-lived", "r", &["src"], json!({})).await;
+    eventually("back-off kept", WAIT, || size("backoff") == 1).await;
+    eventually("placeholder", WAIT, || placeholders(&server, "short-lived").len() == 1).await;
+    eventually("gauge share kept", WAIT, || size("gauges") == 1).await;
+    // The namespace empties: its run finishes, its placeholder goes, nothing of it is kept.
+    finish_run(&client, "short-lived", "r", "True").await;
+    eventually("placeholder gone", WAIT, || placeholders(&server, "short-lived").is_empty()).await;
+    eventually("nothing kept for it", WAIT, || size("backoff") == 0 && size("gauges") == 0).await;
+    // A follower publishes no gauges.
+    create_pvc(&client, NS, "src", "ReadWriteOnce").await;
+    create_run(&client, NS, "r", &["src"], json!({})).await;
+    eventually("gauge share", WAIT, || size("gauges") == 1).await;
+    c.leader.send(false).unwrap();
+    eventually("follower keeps no gauges", WAIT, || size("gauges") == 0).await;
+    c.stop().await;
+}

@@ -118,6 +118,12 @@ pub fn trim_pod(pod: &mut Pod) {
     }
 }
 
+/// Task pods that have not finished: only those are demand (I4), can be pending or unpinned,
+/// or hold a volume on a node. A finished pod leaves the cache.
+pub fn unfinished(pod: &Pod) -> bool {
+    !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
 /// Nodes: labels, taints, cordon and conditions; not the image list.
 pub fn trim_node(node: &mut Node) {
     trim_meta(node);
@@ -201,7 +207,7 @@ impl Default for Caches {
             claims: NsStore::new(trim_meta),
             placeholders: NsStore::new(trim_meta),
             placeholder_pods: NsStore::new(trim_pod),
-            task_pods: NsStore::new(trim_pod),
+            task_pods: NsStore::with_filter(trim_pod, unfinished),
             nodes: NsStore::new(trim_node),
             leases: NsStore::new(trim_meta),
             opted_out: NsStore::new(trim_meta),
@@ -300,12 +306,30 @@ impl Caches {
             self.engine_placeholders.ns_version(ns),
             self.failed_creates.ns_version(ns),
             self.volumes.version(),
-            self.nodes.version(),
+            self.nodes_of(ns),
             self.opted_out.version(),
             self.config_version.load(Ordering::Acquire),
         ]
         .iter()
         .fold(0u64, |acc, v| acc.wrapping_mul(1_000_003).wrapping_add(*v))
+    }
+
+    /// A fingerprint of what the plan reads of nodes: the labels and taints of the nodes the
+    /// namespace's placeholders are on. Other nodes' updates (heartbeats, other namespaces'
+    /// nodes) leave the namespace's cached plan alone.
+    fn nodes_of(&self, ns: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for pod in self.placeholder_pods.in_namespace(ns) {
+            let Some(name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+            name.hash(&mut h);
+            let Some(node) = self.nodes.get("", name) else { continue };
+            node.metadata.labels.hash(&mut h);
+            for t in node.spec.as_ref().and_then(|s| s.taints.as_ref()).into_iter().flatten() {
+                (&t.key, &t.value, &t.effect).hash(&mut h);
+            }
+        }
+        h.finish()
     }
 
     /// The core's inputs for a namespace, from the caches.
@@ -439,6 +463,13 @@ impl Caches {
             .unwrap_or_else(|e| e.into_inner())
             .insert(ns.to_string(), (version, inputs.expires, plan.clone()));
         plan
+    }
+
+    /// Whether a namespace has anything the add-on may act on.
+    pub fn has_namespace(&self, ns: &str) -> bool {
+        !self.runs.in_namespace(ns).is_empty()
+            || !self.placeholders.in_namespace(ns).is_empty()
+            || !self.task_pods.in_namespace(ns).is_empty()
     }
 
     /// Every namespace with something the add-on may act on.
@@ -617,5 +648,46 @@ mod tests {
             assert_eq!(want.annotations.len(), 1, "the add-on's own annotation is kept");
             assert!(trimmed.metadata.labels.is_none() && trimmed.metadata.finalizers.is_none());
         }
+    }
+
+    #[test]
+    fn a_plan_is_recomputed_only_for_the_nodes_it_reads() {
+        use kube::runtime::watcher::Event;
+        let caches = Caches::default();
+        let node = |name: &str, zone: &str, heartbeat: &str| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"zone": zone}},
+                "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]}}))
+            .unwrap()
+        };
+        caches.nodes.apply(Event::Apply(node("n1", "a", "2026-01-01T00:00:00Z")));
+        caches.nodes.apply(Event::Apply(node("n2", "a", "2026-01-01T00:00:00Z")));
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "aa-x-0", "namespace": "ci",
+            "labels": {names::LABEL_PLACEHOLDER: "aa-x"}}, "spec": {"containers": [], "nodeName": "n1"}}))
+        .unwrap();
+        caches.placeholder_pods.apply(Event::Apply(pod));
+        let first = caches.plan("ci");
+        // Another node's heartbeat, and this node's: nothing the plan reads.
+        caches.nodes.apply(Event::Apply(node("n2", "b", "2026-01-01T00:01:00Z")));
+        caches.nodes.apply(Event::Apply(node("n1", "a", "2026-01-01T00:01:00Z")));
+        assert!(Arc::ptr_eq(&first, &caches.plan("ci")), "kept");
+        // Its own node's labels change: recomputed.
+        caches.nodes.apply(Event::Apply(node("n1", "b", "2026-01-01T00:02:00Z")));
+        assert!(!Arc::ptr_eq(&first, &caches.plan("ci")), "recomputed");
+    }
+
+    #[test]
+    fn finished_task_pods_leave_the_cache() {
+        use kube::runtime::watcher::Event;
+        let caches = Caches::default();
+        let pod = |phase: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "ci",
+                "labels": {"tekton.dev/pipelineRun": "r"}}, "spec": {"containers": []}, "status": {"phase": phase}}))
+            .unwrap()
+        };
+        caches.task_pods.apply(Event::Apply(pod("Running")));
+        assert_eq!(caches.task_pods.len(), 1);
+        caches.task_pods.apply(Event::Apply(pod("Succeeded")));
+        assert_eq!(caches.task_pods.len(), 0);
+        assert!(!caches.has_namespace("ci"));
     }
 }

@@ -79,7 +79,7 @@ impl Default for Options {
 /// What the controller remembers between reconciles (lost on restart; every rule that uses
 /// it is safe to restart from nothing).
 #[derive(Default)]
-struct Memory {
+pub(crate) struct Memory {
     /// Events already recorded: (object uid, reason, message).
     reported: HashSet<(String, String, String)>,
     /// When a node was first seen cordoned or drain-tainted.
@@ -152,6 +152,43 @@ impl Context {
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops what was kept for a namespace that has nothing left (back-off, gauge share).
+    fn forget_namespace(&self, namespace: &str) {
+        self.backoff.lock().unwrap_or_else(|e| e.into_inner()).remove(namespace);
+        let mut memory = self.memory();
+        if memory.gauges.remove(namespace).is_some() {
+            reconcile::publish_gauges(self, &memory);
+        }
+    }
+
+    /// Drops timestamps no rule reads any more: moves older than the grace period, drains of
+    /// nodes that are gone or no longer draining (those are re-noted when seen again).
+    fn prune(&self, grace: Duration) {
+        let mut memory = self.memory();
+        memory.moved_at.retain(|_, at| at.elapsed() < grace);
+        let nodes = &self.caches.nodes;
+        memory.draining_since.retain(|n, _| nodes.get("", n).is_some());
+    }
+
+    /// Stops publishing gauges (a follower's would be stale).
+    fn clear_gauges(&self) {
+        let mut memory = self.memory();
+        memory.gauges.clear();
+        reconcile::publish_gauges(self, &memory);
+    }
+
+    /// How many entries the controller's memory holds, by kind (for tests and bounds checks).
+    pub fn memory_sizes(&self) -> Vec<(&'static str, usize)> {
+        let memory = self.memory();
+        vec![
+            ("backoff", self.backoff.lock().unwrap_or_else(|e| e.into_inner()).len()),
+            ("gauges", memory.gauges.len()),
+            ("moved_at", memory.moved_at.len()),
+            ("draining_since", memory.draining_since.len()),
+            ("reported", memory.reported.len()),
+        ]
     }
 }
 
@@ -237,6 +274,7 @@ pub async fn run(
         mpsc::unbounded_channel::<Result<ReconcileRequest<Namespace>, std::convert::Infallible>>();
     let mut leader = ctx.leader.clone();
     let caches = ctx.caches.clone();
+    let gauge_ctx = ctx.clone();
 
     // Turns triggers into reconcile requests, creating the synthetic Namespace objects.
     let feeder = tokio::spawn(async move {
@@ -259,6 +297,9 @@ pub async fn run(
                     if changed.is_err() { return; }
                     let is_leader = *leader.borrow();
                     info!(leader = is_leader, "leadership changed");
+                    if !is_leader {
+                        gauge_ctx.clear_gauges();
+                    }
                     if is_leader {
                         for ns in caches.namespaces() { if !enqueue(ns, &mut writer) { return; } }
                     }

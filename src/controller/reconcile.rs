@@ -36,6 +36,12 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
         debug!(namespace = %namespace, "caches not synced yet; not reconciling");
         return Ok(Action::await_change());
     }
+    if !ctx.caches.has_namespace(&namespace) {
+        // Gone (or never had anything of ours): forget what was kept for it.
+        ctx.forget_namespace(&namespace);
+        return Ok(Action::await_change());
+    }
+    ctx.prune(ctx.options.grace_period);
     let started = Instant::now();
     let tekton_on =
         ctx.caches.tekton_coschedule().is_some_and(|v| crate::engine::tekton::coschedule_enabled(v.as_deref()));
@@ -350,6 +356,15 @@ fn update_gauges(
     if let Some(p) = pending {
         entry.1 = p;
     }
+    // A namespace with nothing to count keeps no entry: namespaces come and go.
+    if entry.0.values().all(|n| *n == 0) && entry.1 == 0 {
+        memory.gauges.remove(namespace);
+    }
+    publish_gauges(ctx, &memory);
+}
+
+/// Sets the gauges from every namespace's contribution.
+pub(super) fn publish_gauges(ctx: &Context, memory: &super::Memory) {
     let mut totals: std::collections::HashMap<String, i64> = Default::default();
     let mut pending_total = 0;
     for (modes, pending) in memory.gauges.values() {

@@ -122,7 +122,7 @@ async fn start() -> Offline {
             "objectSelector": {"matchExpressions": [{"key": affinity_assistant::engine::tekton::LABEL_PIPELINE_RUN,
                 "operator": "Exists"}]}}]}));
     let plain = server.client();
-    let crate::world::Controller { caches, leader, stop, mut tasks } =
+    let crate::world::Controller { caches, leader, stop, mut tasks, .. } =
         crate::world::Controller::start(plain.clone(), "offline", true);
     tasks.push(tokio::spawn(control_plane(plain.clone())));
     let decider = CacheDecider::new(caches, Some(plain), OWN_NAMESPACE, LEASE);

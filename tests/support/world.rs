@@ -51,6 +51,8 @@ pub struct Controller {
     pub leader: tokio::sync::watch::Sender<bool>,
     pub stop: CancellationToken,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The controller's context (its memory sizes, for bounds checks).
+    pub ctx: Arc<Context>,
 }
 
 impl Controller {
@@ -96,8 +98,8 @@ impl Controller {
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(leader);
         let ctx = Context::new(client, caches.clone(), metrics, leader_rx, test_options(), Some(identity.into()));
         let stop = CancellationToken::new();
-        tasks.push(tokio::spawn(controller::run(ctx, triggers, stop.clone().cancelled_owned())));
-        Controller { caches, leader: leader_tx, stop, tasks }
+        tasks.push(tokio::spawn(controller::run(ctx.clone(), triggers, stop.clone().cancelled_owned())));
+        Controller { caches, leader: leader_tx, stop, tasks, ctx }
     }
 
     pub async fn stop(self) {
