@@ -27,6 +27,29 @@ pub struct PodMeta<'a> {
     pub labels: StrMap<'a>,
     #[serde(default, borrow, deserialize_with = "nullable_str_map")]
     pub annotations: StrMap<'a>,
+    /// Who made the pod (an Argo task pod's run is its Workflow owner).
+    #[serde(default, borrow, deserialize_with = "nullable_owners")]
+    pub owner_references: Vec<PodOwner<'a>>,
+}
+
+/// One owner reference of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOwner<'a> {
+    #[serde(default, borrow, deserialize_with = "nullable_str")]
+    pub api_version: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "nullable_str")]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "nullable_str")]
+    pub name: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "nullable_str")]
+    pub uid: Cow<'a, str>,
+    #[serde(default)]
+    pub controller: Option<bool>,
+}
+
+fn nullable_owners<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Vec<PodOwner<'a>>, D::Error> {
+    Ok(Option::<Vec<PodOwner<'a>>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl PodMeta<'_> {
@@ -43,6 +66,17 @@ impl PodMeta<'_> {
             namespace: Cow::Owned(self.namespace.into_owned()),
             labels: owned_map(self.labels),
             annotations: owned_map(self.annotations),
+            owner_references: self
+                .owner_references
+                .into_iter()
+                .map(|o| PodOwner {
+                    api_version: Cow::Owned(o.api_version.into_owned()),
+                    kind: Cow::Owned(o.kind.into_owned()),
+                    name: Cow::Owned(o.name.into_owned()),
+                    uid: Cow::Owned(o.uid.into_owned()),
+                    controller: o.controller,
+                })
+                .collect(),
         }
     }
 }

@@ -407,6 +407,7 @@ fn task_pod<'r>(
             namespace: Cow::Borrowed(&run.namespace),
             labels,
             annotations: borrowed_map(&run.annotations),
+            owner_references: Vec::new(),
         },
         spec: PodSpecView {
             volumes: claims
