@@ -9,7 +9,6 @@ mod apiserver;
 use affinity_assistant::cluster::Caches;
 use affinity_assistant::cluster::watch::{self, WatchOptions};
 use affinity_assistant::controller::{self, Context, ControllerMetrics, Options};
-use affinity_assistant::engine::tekton::PipelineRun;
 use affinity_assistant::names::{self, NameSeed};
 use apiserver::FakeApiServer;
 use serde_json::{Value, json};
@@ -79,7 +78,7 @@ fn expected_name(i: usize) -> String {
 }
 
 fn memory_per_run() {
-    // The runs store exactly as `run` builds it (with its trimming).
+    // The runs store exactly as `run` fills it: each run converted once by its engine.
     let caches = Caches::default();
     let store = &caches.runs;
     let docs: Vec<Value> = (0..RUNS).map(|i| run_json(i, &format!("ns-{}", i % NAMESPACES))).collect();
@@ -87,8 +86,10 @@ fn memory_per_run() {
     let before = LIVE.load(Ordering::Relaxed);
     for d in &docs {
         // From a borrowed document: the documents stay alive, only what the store keeps counts.
-        let pr = <PipelineRun as serde::Deserialize>::deserialize(d).unwrap();
-        store.apply(kube::runtime::watcher::Event::Apply(pr));
+        let obj = <kube::api::DynamicObject as serde::Deserialize>::deserialize(d).unwrap();
+        let run = affinity_assistant::cluster::cache_run(&affinity_assistant::engine::tekton::Tekton, &obj).unwrap();
+        drop(obj);
+        store.apply(kube::runtime::watcher::Event::Apply(run));
     }
     let after = LIVE.load(Ordering::Relaxed);
     drop(docs);

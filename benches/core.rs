@@ -104,6 +104,8 @@ fn active_run(name: String, uid: String, created: String, bindings: Vec<Binding>
         tasks,
         scheduling: Scheduling::default(),
         engine_assistant: false,
+        definition: None,
+        task_overrides: Vec::new(),
     }
 }
 

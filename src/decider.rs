@@ -22,11 +22,12 @@
 use crate::cluster::{Caches, Fetched, lease_fresh};
 use crate::core::claims::IgnoreReason;
 use crate::core::{self, Decision, MissingClaims, Plan, RunStatus, Skip, SkipReason};
-use crate::engine::tekton::{Pipeline, PipelineRun};
-use crate::model::RunPhase;
+
+use crate::model::{Run, RunPhase};
 use crate::pod::TaskPod;
 use crate::webhook::Decider;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::DynamicObject;
 use kube::{Api, Client};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -123,12 +124,12 @@ impl CacheDecider {
         Arc::new(inputs.plan(&self.caches.config(), MissingClaims::Wait))
     }
 
-    /// The pod's run object, from the cache or what was read.
-    fn run_object(&self, ns: &str, name: &str, reads: &Reads) -> Option<Arc<PipelineRun>> {
+    /// The pod's run, from the cache or what was read.
+    fn run_of(&self, ns: &str, engine: &str, name: &str, reads: &Reads) -> Option<Run> {
         self.caches
-            .runs
-            .get(ns, name)
-            .or_else(|| reads.fetched.runs.iter().find(|r| r.name() == name).cloned().map(Arc::new))
+            .run(ns, engine, name)
+            .map(|c| c.run.clone())
+            .or_else(|| reads.fetched.runs.iter().find(|r| r.engine == engine && r.name == name).cloned())
     }
 
     /// Reads what the caches are missing for this decision, once each. `true` when something
@@ -143,17 +144,18 @@ impl CacheDecider {
     ) -> bool {
         let Some(client) = self.client.clone() else { return false };
         let ns: &str = &pod.metadata.namespace;
-        let Some(run_ref) = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata)) else {
+        let (Some(run_ref), Some(engine)) = (&pod.identity.run, crate::engine::by_name(pod.identity.engine)) else {
             return false;
         };
         let mut read = false;
         if d.skip_reason() == Some(SkipReason::RunNotFound) {
             if reads.tried.insert(("run", run_ref.name.clone())) {
-                let api = Api::<PipelineRun>::namespaced(client.clone(), ns);
-                if let Some(pr) = self.get(api, &run_ref.name, deadline).await
-                    && run_ref.uid.as_deref().is_none_or(|u| u == pr.uid())
+                let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &engine.run_kind().api_resource());
+                if let Some(obj) = self.get(api, &run_ref.name, deadline).await
+                    && run_ref.uid.as_deref().is_none_or(|u| Some(u) == obj.metadata.uid.as_deref())
+                    && let Ok(run) = engine.run(&obj.metadata, &obj.data)
                 {
-                    reads.fetched.runs.push(pr);
+                    reads.fetched.runs.push(run);
                     read = true;
                 }
             }
@@ -161,12 +163,15 @@ impl CacheDecider {
         }
         let Some(rp) = plan.run(&run_ref.name, run_ref.uid.as_deref()) else { return false };
         if rp.status == RunStatus::NotActive(RunPhase::AwaitingSpec)
-            && let Some(pr) = self.run_object(ns, &run_ref.name, reads)
-            && let Some(name) = pr.unresolved_pipeline_name()
-            && reads.tried.insert(("pipeline", name.to_string()))
-            && let Some(p) = self.get(Api::<Pipeline>::namespaced(client.clone(), ns), name, deadline).await
+            && let Some(run) = self.run_of(ns, engine.name(), &run_ref.name, reads)
+            && let (Some(name), Some(kind)) = (run.definition.as_ref(), engine.definition_kind())
+            && reads.tried.insert(("definition", name.to_string()))
+            && let Some(obj) = self
+                .get(Api::<DynamicObject>::namespaced_with(client.clone(), ns, &kind.api_resource()), name, deadline)
+                .await
+            && let Ok(def) = engine.definition(&obj.metadata, &obj.data)
         {
-            reads.fetched.pipelines.push(p);
+            reads.fetched.definitions.push((engine.name(), def));
             read = true;
         }
         // Claims the plan could not judge because their PVC was not in the cache.
@@ -196,7 +201,7 @@ impl CacheDecider {
             Decision::Pin(pin) if !pin.placeholder_ready => Some(Waiting::PlaceholderPod),
             Decision::Pin(_) => None,
             Decision::Skip(s) if s.reason == SkipReason::RunNotManaged => {
-                let run_ref = crate::engine::engines().iter().find_map(|e| e.pod_run(&pod.metadata))?;
+                let run_ref = pod.identity.run.as_ref()?;
                 let rp = plan.run(&run_ref.name, run_ref.uid.as_deref())?;
                 (rp.status == RunStatus::NotActive(RunPhase::AwaitingSpec)).then_some(Waiting::Spec)
             }
@@ -213,11 +218,12 @@ impl CacheDecider {
             (Waiting::Spec, _) => Decision::Skip(Skip {
                 reason: SkipReason::Budget,
                 message: format!(
-                    "pod {}/{}: its run's pipeline was not resolved within {} ms (Tekton had not written \
-                     status.pipelineSpec); not pinned",
+                    "pod {}/{}: its run's pipeline was not resolved within {} ms ({} had not written the \
+                     resolved spec); not pinned",
                     pod.metadata.namespace,
                     pod.metadata.display_name(),
-                    self.budget.as_millis()
+                    self.budget.as_millis(),
+                    pod.identity.title
                 ),
                 undo: None,
             }),

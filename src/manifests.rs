@@ -176,12 +176,8 @@ pub enum Scope {
 /// Every right the add-on needs, by where it needs it. Each verb is here because some call
 /// in the code makes it (see the comments); nothing is granted "just in case".
 pub fn rules(options: &Options) -> Vec<(Scope, Vec<Grant>)> {
-    let workloads = vec![
-        // Watched into the caches; the webhook GETs a run or claim its cache has not seen yet.
-        grant("tekton.dev", "pipelineruns", &["get", "list", "watch"]),
-        // A pipelineRef run's first pods come before Tekton writes its spec: the add-on
-        // resolves the Pipeline itself.
-        grant("tekton.dev", "pipelines", &["get", "list", "watch"]),
+    let mut workloads = vec![
+        // Watched into the caches; the webhook GETs a claim its cache has not seen yet.
         grant("", "persistentvolumeclaims", &["get", "list", "watch"]),
         // FailedCreate Events of StatefulSets: a placeholder whose pod is refused (quota,
         // LimitRange, admission) gets nothing pinned to it.
@@ -194,6 +190,10 @@ pub fn rules(options: &Options) -> Vec<(Scope, Vec<Grant>)> {
         // Warnings on runs; kube-runtime's recorder patches a repeated Event's series.
         grant("events.k8s.io", "events", &["create", "patch"]),
     ];
+    // Each engine's runs and definitions (its file says why).
+    for e in crate::engine::engines() {
+        workloads.extend(e.rbac().into_iter().map(|(group, resource, verbs)| grant(group, resource, verbs)));
+    }
     let mut cluster = vec![
         grant("", "nodes", &["list", "watch"]),
         // Only namespaces labelled affinity-assistant.dev/enabled=false: no placeholders there.
@@ -238,12 +238,13 @@ pub fn rules(options: &Options) -> Vec<(Scope, Vec<Grant>)> {
     } else {
         out.push((Scope::Namespace(options.namespace.clone()), own));
     }
-    if let Some(tekton) = &options.tekton_namespace {
-        // Optional: read Tekton's coschedule flag to warn and stand down.
+    if options.tekton_namespace.is_some() {
+        // Optional: read Tekton's coschedule flag to warn and stand down. A cluster rule limited
+        // to that name, not a Role in Tekton's namespace: the release must apply on a cluster
+        // where that namespace does not exist (no Tekton, or not yet).
         let read = Grant { names: vec![CONFIG_MAP.to_string()], ..grant("", "configmaps", &["get"]) };
-        match out.iter_mut().find(|(s, _)| *s == Scope::Namespace(tekton.clone())) {
-            Some((_, grants)) => grants.push(read),
-            None => out.push((Scope::Namespace(tekton.clone()), vec![read])),
+        if let Some((_, grants)) = out.iter_mut().find(|(s, _)| *s == Scope::Cluster) {
+            grants.push(read);
         }
     }
     out
@@ -299,8 +300,29 @@ fn requirement(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequi
     }
 }
 
-/// The webhook entry shared by the release and the local (`--webhook-url`) mode.
-pub fn mutating_webhook(client_config: WebhookClientConfig, own_namespace: &str, watch: &[String]) -> MutatingWebhook {
+/// The webhook entry of an engine: its name (Tekton's keeps the name earlier releases gave
+/// the only entry, so an upgrade replaces it rather than adding a second).
+pub fn webhook_name(engine: &dyn crate::engine::Engine) -> String {
+    if engine.name() == "tekton" { WEBHOOK_NAME.to_string() } else { format!("{}.{WEBHOOK_NAME}", engine.name()) }
+}
+
+/// The webhook entries (one per engine: object selectors are ANDed, so one entry cannot
+/// select two engines' pods), shared by the release and the local (`--webhook-url`) mode.
+pub fn mutating_webhooks(
+    client_config: WebhookClientConfig,
+    own_namespace: &str,
+    watch: &[String],
+) -> Vec<MutatingWebhook> {
+    crate::engine::engines().iter().map(|e| mutating_webhook(*e, client_config.clone(), own_namespace, watch)).collect()
+}
+
+/// The webhook entry of one engine.
+pub fn mutating_webhook(
+    engine: &dyn crate::engine::Engine,
+    client_config: WebhookClientConfig,
+    own_namespace: &str,
+    watch: &[String],
+) -> MutatingWebhook {
     let mut ns = vec![
         requirement("kubernetes.io/metadata.name", "NotIn", &["kube-system", own_namespace]),
         requirement(names::LABEL_NAMESPACE_ENABLED, "NotIn", &["false"]),
@@ -310,7 +332,7 @@ pub fn mutating_webhook(client_config: WebhookClientConfig, own_namespace: &str,
         ns.push(requirement("kubernetes.io/metadata.name", "In", &watched));
     }
     MutatingWebhook {
-        name: WEBHOOK_NAME.to_string(),
+        name: webhook_name(engine),
         admission_review_versions: vec!["v1".to_string()],
         client_config,
         failure_policy: Some("Ignore".to_string()),
@@ -325,12 +347,15 @@ pub fn mutating_webhook(client_config: WebhookClientConfig, own_namespace: &str,
             resources: Some(vec!["pods".to_string()]),
             scope: Some("Namespaced".to_string()),
         }]),
-        // Only Tekton task pods reach the webhook; placeholders never do.
+        // Only the engine's task pods reach the webhook; placeholders never do.
         object_selector: Some(LabelSelector {
-            match_expressions: Some(vec![
-                requirement(crate::engine::tekton::LABEL_PIPELINE_RUN, "Exists", &[]),
-                requirement(names::LABEL_PLACEHOLDER, "DoesNotExist", &[]),
-            ]),
+            match_expressions: Some({
+                let sel = engine.pod_selector();
+                let mut exprs = vec![requirement(sel.label, "Exists", &[])];
+                exprs.extend(sel.not_labels.iter().map(|l| requirement(l, "DoesNotExist", &[])));
+                exprs.push(requirement(names::LABEL_PLACEHOLDER, "DoesNotExist", &[]));
+                exprs
+            }),
             ..Default::default()
         }),
         namespace_selector: Some(LabelSelector { match_expressions: Some(ns), ..Default::default() }),
@@ -347,7 +372,7 @@ pub fn webhook_configuration(
 ) -> MutatingWebhookConfiguration {
     MutatingWebhookConfiguration {
         metadata: meta(name, None),
-        webhooks: Some(vec![mutating_webhook(client_config, own_namespace, watch)]),
+        webhooks: Some(mutating_webhooks(client_config, own_namespace, watch)),
     }
 }
 
@@ -745,8 +770,6 @@ mod tests {
                 "ClusterRoleBinding",
                 "Role",
                 "RoleBinding",
-                "Role",
-                "RoleBinding",
                 "ConfigMap",
                 "Service",
                 "Service",
@@ -785,7 +808,8 @@ mod tests {
                 for g in grants.iter().filter(|g| matches!(g.resource, "secrets" | "leases" | "configmaps")) {
                     match &scope {
                         Scope::Namespace(ns) if *ns == o.namespace => {}
-                        Scope::Namespace(ns) if ns == DEFAULT_TEKTON_NAMESPACE => {
+                        // Tekton's feature-flags, by name only, read-only.
+                        Scope::Cluster => {
                             assert_eq!(
                                 (g.resource, g.verbs, g.names.clone()),
                                 ("configmaps", &["get"][..], vec![CONFIG_MAP.to_string()])

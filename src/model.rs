@@ -133,7 +133,7 @@ pub enum RunPhase {
     AwaitingSpec,
 }
 
-/// A run of a pipeline engine (a Tekton PipelineRun).
+/// A run of a pipeline engine (a Tekton PipelineRun, an Argo Workflow).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
     /// Engine name, e.g. `tekton`.
@@ -155,6 +155,49 @@ pub struct Run {
     pub scheduling: Scheduling,
     /// The engine's own affinity assistant serves this run: the add-on stands down.
     pub engine_assistant: bool,
+    /// While the spec is not known ([`RunPhase::AwaitingSpec`]): the definition it names (a
+    /// Tekton Pipeline, an Argo WorkflowTemplate), which the add-on can read itself. `None`
+    /// with `AwaitingSpec`: only the engine knows it yet (a Tekton resolver).
+    pub definition: Option<Name>,
+    /// Per-task scheduling overrides, by task name, applied to a definition's tasks when the
+    /// run is resolved against it (Tekton `taskRunSpecs[].podTemplate`).
+    pub task_overrides: Vec<(String, Scheduling)>,
+}
+
+impl Run {
+    /// Plays the engine's part for a run whose definition is known but whose resolved spec
+    /// the engine has not written yet: the definition's tasks, its annotations under the run's
+    /// own (the run wins). Only a run awaiting that very definition changes.
+    pub fn resolve(&mut self, definition: &Definition) {
+        if self.phase != RunPhase::AwaitingSpec || self.definition.is_none() {
+            return;
+        }
+        self.tasks = definition
+            .tasks
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                if t.scheduling.is_none() {
+                    t.scheduling = self.task_overrides.iter().find(|(n, _)| *n == t.name).map(|(_, s)| s.clone());
+                }
+                t
+            })
+            .collect();
+        for (k, v) in &definition.annotations {
+            self.annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.phase = RunPhase::Active;
+    }
+}
+
+/// A run's definition (a Tekton Pipeline, an Argo WorkflowTemplate), as far as resolving a
+/// run against it goes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Definition {
+    pub name: Name,
+    /// The add-on's own annotations on it (opt-out, mode): the engine merges them into the run.
+    pub annotations: BTreeMap<String, String>,
+    pub tasks: Vec<TaskUsage>,
 }
 
 /// A workspace binding of a run.

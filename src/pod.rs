@@ -97,6 +97,19 @@ pub struct TaskPod<'a> {
     pub metadata: PodMeta<'a>,
     #[serde(default, borrow)]
     pub spec: PodSpecView<'a>,
+    /// Which engine's pod it is (not part of the document: the engines say, once it is read).
+    #[serde(skip)]
+    pub identity: Identity,
+}
+
+/// What the engines say about a pod: whose task pod it is, and whether to leave it alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    /// The engine's name and title ("tekton", "Tekton"); empty when no engine claims the pod.
+    pub engine: &'static str,
+    pub title: &'static str,
+    pub run: Option<crate::engine::RunRef>,
+    pub skip: Option<crate::engine::EngineSkip>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -131,13 +144,19 @@ pub struct ClaimVolume<'a> {
 impl<'a> TaskPod<'a> {
     /// Reads a pod from JSON bytes (the webhook's way: [`crate::engine::from_json_slice`]).
     pub fn from_json(bytes: &'a [u8]) -> serde_json::Result<TaskPod<'a>> {
-        crate::engine::from_json_slice(bytes)
+        crate::engine::from_json_slice(bytes).map(TaskPod::identified)
     }
 
     /// Reads a pod from JSON, naming the offending field on error. Off the hot path: the pod
     /// owns its strings.
     pub fn from_value(value: &serde_json::Value) -> Result<TaskPod<'static>, crate::engine::ParseError> {
-        crate::engine::from_value::<TaskPod<'_>>("Pod", value).map(TaskPod::into_owned)
+        crate::engine::from_value::<TaskPod<'_>>("Pod", value).map(TaskPod::into_owned).map(TaskPod::identified)
+    }
+
+    /// The pod with its [`Identity`] filled from the engines registry.
+    pub fn identified(mut self) -> TaskPod<'a> {
+        self.identity = crate::engine::identify(&self.metadata);
+        self
     }
 
     /// The same pod, owning its strings (to keep it past the document it was read from).
@@ -160,6 +179,7 @@ impl<'a> TaskPod<'a> {
                 tolerations: self.spec.tolerations,
                 affinity: self.spec.affinity,
             },
+            identity: self.identity,
         }
     }
 

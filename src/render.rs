@@ -12,12 +12,10 @@ use crate::core::{self, Decision, MissingClaims, NamespaceState, Plan};
 use crate::engine::ParseError;
 use crate::engine::tekton::{self, Pipeline, PipelineRun};
 use crate::model::{ClaimInfo, Run};
-use crate::names;
-use crate::pod::{ClaimVolume, PodMeta, PodSpecView, StrMap, TaskPod, VolumeView, borrowed_map};
+use crate::pod::TaskPod;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use serde::Deserialize;
 use serde_json::Value;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -348,15 +346,15 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             .iter()
             .flat_map(|run| {
                 let plan = &plan;
-                task_claims(run).into_iter().zip(&run.tasks).map(move |((task, claims), usage)| {
+                task_claims(run).into_iter().zip(&run.tasks).filter_map(move |((task, claims), usage)| {
                     let claims: Vec<String> = claims.into_iter().collect();
-                    let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_ref());
-                    PodOutcome {
+                    let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_ref())?;
+                    Some(PodOutcome {
                         run: run.name.to_string(),
                         task: task.to_string(),
                         claims,
                         decision: core::decide(&pod, plan, true),
-                    }
+                    })
                 })
             })
             .collect();
@@ -365,7 +363,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             .iter()
             .filter(|p| pod_namespace(p) == ns)
             .map(|pod| PodOutcome {
-                run: pod.metadata.labels.get(tekton::LABEL_PIPELINE_RUN).map(|r| r.to_string()).unwrap_or_default(),
+                run: pod.identity.run.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
                 task: pod.metadata.display_name(),
                 claims: pod.claims().into_iter().map(String::from).collect(),
                 decision: core::decide(pod, &plan, true),
@@ -380,49 +378,22 @@ fn pod_namespace<'p>(pod: &'p TaskPod<'_>) -> &'p str {
     if pod.metadata.namespace.is_empty() { "default" } else { &pod.metadata.namespace }
 }
 
-/// The pod Tekton would create for a pipeline task: its labels, the run's annotations, a PVC
-/// volume per claim, and the run's pod template overlaid with the task's.
+/// The pod the run's engine would create for a pipeline task: the engine's labels, the run's
+/// annotations, a PVC volume per claim, and the run's pod template overlaid with the task's.
 fn task_pod<'r>(
     run: &'r Run,
     task: &str,
     finally: bool,
     claims: &[String],
     over: Option<&crate::model::Scheduling>,
-) -> TaskPod<'r> {
+) -> Option<TaskPod<'r>> {
+    let engine = crate::engine::by_name(run.engine)?;
     let scheduling = over.map(|o| run.scheduling.overlaid(o)).unwrap_or_else(|| run.scheduling.clone());
-    let labels: StrMap<'r> = [
-        (tekton::LABEL_PIPELINE_RUN, run.name.to_string()),
-        (tekton::LABEL_PIPELINE_RUN_UID, run.uid.to_string()),
-        (tekton::LABEL_PIPELINE_TASK, task.to_string()),
-        ("tekton.dev/memberOf", if finally { "finally" } else { "tasks" }.to_string()),
-        (names::LABEL_APP_MANAGED_BY, "tekton-pipelines".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)))
-    .collect();
-    TaskPod {
-        metadata: PodMeta {
-            name: format!("{}-{task}-pod", run.name).into(),
-            generate_name: Cow::Borrowed(""),
-            namespace: Cow::Borrowed(&run.namespace),
-            labels,
-            annotations: borrowed_map(&run.annotations),
-            owner_references: Vec::new(),
-        },
-        spec: PodSpecView {
-            volumes: claims
-                .iter()
-                .enumerate()
-                .map(|(i, c)| VolumeView {
-                    name: format!("ws-{i}").into(),
-                    persistent_volume_claim: Some(ClaimVolume { claim_name: c.clone().into() }),
-                })
-                .collect(),
-            node_selector: scheduling.node_selector,
-            tolerations: scheduling.tolerations,
-            affinity: scheduling.affinity,
-        },
-    }
+    let mut pod = engine.sample_pod(run, task, finally, claims);
+    pod.spec.node_selector = scheduling.node_selector;
+    pod.spec.tolerations = scheduling.tolerations;
+    pod.spec.affinity = scheduling.affinity;
+    Some(pod)
 }
 
 impl Report {

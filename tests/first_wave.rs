@@ -129,8 +129,8 @@ async fn a_pipeline_not_in_the_cache_yet_is_read_directly() {
     w.server.insert(pvc("build-1-src"));
     w.server.insert(pipeline_ref_run("build-1", json!({"name": "build"})));
     let caches = w.controller.caches.clone();
-    eventually("run cached", WAIT, || caches.runs.get(NS, "build-1").is_some()).await;
-    assert!(caches.pipelines.get(NS, "build").is_none());
+    eventually("run cached", WAIT, || caches.run(NS, "tekton", "build-1").is_some()).await;
+    assert!(caches.definition(NS, "tekton", "build").is_none());
     let d = tokio::time::timeout(Duration::from_secs(5), decide(&w, &task_pod("build-1", "clone", json!({})))).await;
     assert!(matches!(d, Ok(Decision::Pin(_))), "{d:?}");
     w.controller.stop().await;
@@ -143,7 +143,7 @@ async fn a_pipeline_annotation_opt_out_is_honoured_before_the_spec_is_written() 
     w.server.insert(pvc("out-src"));
     w.server.insert(pipeline_ref_run("out", json!({"name": "opted-out"})));
     let caches = w.controller.caches.clone();
-    eventually("run cached", WAIT, || caches.runs.get(NS, "out").is_some()).await;
+    eventually("run cached", WAIT, || caches.run(NS, "tekton", "out").is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(placeholders(&w.server, NS).is_empty(), "an opted-out run gets no placeholder");
     let d = decide(&w, &task_pod("out", "clone", json!({names::ANNOTATION_ENABLED: "false"}))).await;
@@ -157,7 +157,7 @@ async fn a_resolver_runs_first_pod_waits_for_the_spec_within_the_budget() {
     w.server.insert(pvc("remote-src"));
     w.server.insert(pipeline_ref_run("remote", json!({"resolver": "git", "params": [{"name": "url", "value": "x"}]})));
     let caches = w.controller.caches.clone();
-    eventually("run cached", WAIT, || caches.runs.get(NS, "remote").is_some()).await;
+    eventually("run cached", WAIT, || caches.run(NS, "tekton", "remote").is_some()).await;
     assert!(placeholders(&w.server, NS).is_empty(), "what a resolver run runs is not known yet");
     // Tekton writes the resolved spec 300 ms after the pod arrives.
     let client = w.client.clone();
@@ -181,7 +181,7 @@ async fn a_resolver_runs_first_pod_waits_for_the_spec_within_the_budget() {
     // A resolver run whose spec never comes: unpinned, with a warning, once the budget is spent.
     w.server.insert(pvc("never-src"));
     w.server.insert(pipeline_ref_run("never", json!({"resolver": "bundles"})));
-    eventually("run cached", WAIT, || caches.runs.get(NS, "never").is_some()).await;
+    eventually("run cached", WAIT, || caches.run(NS, "tekton", "never").is_some()).await;
     let started = std::time::Instant::now();
     let d = decide(&w, &task_pod("never", "clone", json!({}))).await;
     assert_eq!(reason(&d), Some(SkipReason::Budget), "{d:?}");

@@ -23,19 +23,41 @@ use std::sync::{Arc, RwLock};
 
 type Objects<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
 
-/// What one watcher of a store sees: every namespace, or one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Scope {
-    All,
-    Namespace(String),
+/// What one watcher of a store sees: every namespace or one, and, where several engines'
+/// objects share a store, only the names with its prefix (`tekton/`) or the objects with its
+/// label (an engine's task pods).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Scope {
+    pub namespace: Option<String>,
+    pub prefix: String,
+    pub label: Option<String>,
 }
 
 impl Scope {
-    fn covers(&self, ns: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Namespace(n) => n == ns,
-        }
+    /// Every namespace, every name.
+    pub fn all() -> Scope {
+        Scope::default()
+    }
+
+    pub fn namespace(ns: &str) -> Scope {
+        Scope { namespace: Some(ns.to_string()), ..Default::default() }
+    }
+
+    pub fn with_prefix(self, prefix: impl Into<String>) -> Scope {
+        Scope { prefix: prefix.into(), ..self }
+    }
+
+    pub fn with_label(self, label: impl Into<String>) -> Scope {
+        Scope { label: Some(label.into()), ..self }
+    }
+
+    fn covers<K: Resource>(&self, name: &str, obj: &K) -> bool {
+        name.starts_with(&self.prefix)
+            && self.label.as_ref().is_none_or(|l| obj.meta().labels.as_ref().is_some_and(|ls| ls.contains_key(l)))
+    }
+
+    fn covers_namespace(&self, ns: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == ns)
     }
 }
 
@@ -117,7 +139,7 @@ impl<K: Resource> NsStore<K> {
 
     /// Applies an event of a watcher that sees every namespace.
     pub fn apply(&self, event: watcher::Event<K>) -> BTreeSet<String> {
-        self.apply_scoped(&Scope::All, event)
+        self.apply_scoped(&Scope::all(), event)
     }
 
     /// Applies a watcher event from a watcher of `scope`; returns the namespaces whose
@@ -159,17 +181,29 @@ impl<K: Resource> NsStore<K> {
             watcher::Event::InitDone => {
                 let fresh = inner.relists.remove(scope).unwrap_or_default();
                 // Only what this watcher sees is replaced.
-                let stale: Vec<String> = inner.objects.keys().filter(|ns| scope.covers(ns)).cloned().collect();
-                for ns in stale {
-                    if let Some(objs) = inner.objects.remove(&ns) {
-                        inner.count -= objs.len();
+                let covered: Vec<String> =
+                    inner.objects.keys().filter(|ns| scope.covers_namespace(ns)).cloned().collect();
+                for ns in covered {
+                    let Some(objs) = inner.objects.get_mut(&ns) else { continue };
+                    let before = objs.len();
+                    objs.retain(|name, obj| !scope.covers(name, &**obj));
+                    let removed = before - objs.len();
+                    if objs.is_empty() {
+                        inner.objects.remove(&ns);
                     }
-                    touched.insert(ns);
+                    inner.count -= removed;
+                    if removed > 0 {
+                        touched.insert(ns);
+                    }
                 }
                 for (ns, objs) in fresh {
-                    inner.count += objs.len();
-                    touched.insert(ns.clone());
-                    inner.objects.insert(ns, objs);
+                    let into = inner.objects.entry(ns.clone()).or_default();
+                    for (name, obj) in objs {
+                        if into.insert(name, obj).is_none() {
+                            inner.count += 1;
+                        }
+                    }
+                    touched.insert(ns);
                 }
                 inner.listed.insert(scope.clone());
                 if inner.listed.len() >= inner.expected {
@@ -298,7 +332,7 @@ mod tests {
     fn a_relist_replaces_only_what_its_watcher_sees() {
         let s: NsStore<ConfigMap> = NsStore::new(trim_meta);
         s.expect_watchers(3);
-        let scopes: Vec<Scope> = ["a", "b", "c"].iter().map(|n| Scope::Namespace(n.to_string())).collect();
+        let scopes: Vec<Scope> = ["a", "b", "c"].iter().map(|n| Scope::namespace(n)).collect();
         for (i, scope) in scopes.iter().enumerate() {
             let ns = ["a", "b", "c"][i];
             s.apply_scoped(scope, watcher::Event::Init);
@@ -319,6 +353,27 @@ mod tests {
         assert_eq!(s.in_namespace("b").len(), 1, "b is what b's relist said");
         assert_eq!(s.in_namespace("c").len(), 2, "c keeps its objects");
         assert_eq!(s.len(), 6);
+    }
+
+    #[test]
+    fn a_relist_replaces_only_its_engines_objects() {
+        let s: NsStore<ConfigMap> = NsStore::new(trim_meta);
+        s.expect_watchers(2);
+        let (tekton, argo) = (Scope::all().with_prefix("tekton/"), Scope::all().with_prefix("argo/"));
+        for (scope, name) in [(&tekton, "tekton/r"), (&argo, "argo/r")] {
+            s.apply_scoped(scope, watcher::Event::Init);
+            s.apply_scoped(scope, watcher::Event::InitApply(cm("a", name)));
+            s.apply_scoped(scope, watcher::Event::InitDone);
+        }
+        assert_eq!(s.len(), 2);
+        // Argo's CRD is gone (or its watch expired): its relist is empty.
+        s.apply_scoped(&argo, watcher::Event::Init);
+        s.apply_scoped(&argo, watcher::Event::InitDone);
+        assert_eq!(
+            s.in_namespace("a").iter().map(|c| c.metadata.name.clone().unwrap()).collect::<Vec<_>>(),
+            vec!["tekton/r".to_string()]
+        );
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

@@ -3,11 +3,12 @@
 
 use super::Caches;
 use super::store::Scope;
-use crate::engine::tekton::{Pipeline, PipelineRun};
+use crate::engine::{self, Engine};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::DynamicObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Config as WatcherConfig, watcher};
 use kube::{Api, Client, Resource};
@@ -51,9 +52,51 @@ where
     K::DynamicType: Default,
 {
     if namespaces.is_empty() {
-        vec![(Scope::All, Api::all(client.clone()))]
+        vec![(Scope::all(), Api::all(client.clone()))]
     } else {
-        namespaces.iter().map(|ns| (Scope::Namespace(ns.clone()), Api::namespaced(client.clone(), ns))).collect()
+        namespaces.iter().map(|ns| (Scope::namespace(ns), Api::namespaced(client.clone(), ns))).collect()
+    }
+}
+
+/// [`apis`] for an engine's custom resource.
+fn dynamic_apis(client: &Client, namespaces: &[String], kind: engine::Kind) -> Vec<(Scope, Api<DynamicObject>)> {
+    let ar = kind.api_resource();
+    if namespaces.is_empty() {
+        vec![(Scope::all(), Api::all_with(client.clone(), &ar))]
+    } else {
+        namespaces.iter().map(|ns| (Scope::namespace(ns), Api::namespaced_with(client.clone(), ns, &ar))).collect()
+    }
+}
+
+/// A watcher event of an engine's object as the cache keeps it (converted once, here). An
+/// object its engine cannot read is dropped from the cache, with a warning.
+fn convert<T>(
+    event: watcher::Event<DynamicObject>,
+    what: &'static str,
+    to: impl Fn(&DynamicObject) -> Result<T, engine::ParseError>,
+    key: impl Fn(&DynamicObject) -> T,
+) -> watcher::Event<T> {
+    let read = |o: DynamicObject| match to(&o) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(kind = what, namespace = o.metadata.namespace.as_deref().unwrap_or(""),
+                name = o.metadata.name.as_deref().unwrap_or(""), error = %e, "cannot read it; left out of the cache");
+            None
+        }
+    };
+    match event {
+        watcher::Event::Apply(o) => {
+            let gone = key(&o);
+            read(o).map(watcher::Event::Apply).unwrap_or(watcher::Event::Delete(gone))
+        }
+        watcher::Event::InitApply(o) => {
+            let gone = key(&o);
+            // An unreadable object is simply not part of the fresh list.
+            read(o).map(watcher::Event::InitApply).unwrap_or(watcher::Event::Delete(gone))
+        }
+        watcher::Event::Delete(o) => watcher::Event::Delete(key(&o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 
@@ -87,11 +130,32 @@ where
                         let _ = tx.send(Trigger::All);
                     }
                 }
+                // The resource does not exist (an engine whose CRD is not installed): nothing
+                // of it to list, so the caches need not wait for it; the backoff keeps
+                // trying, and picks it up once it is installed.
+                Err(e) if not_installed(&e) => {
+                    debug!(watch = what, "not installed; looking again later");
+                    let was_ready = caches.ready();
+                    store(watcher::Event::Init);
+                    store(watcher::Event::InitDone);
+                    if !was_ready && caches.ready() {
+                        let _ = tx.send(Trigger::All);
+                    }
+                }
                 // The backoff retries; a person should still see why.
                 Err(e) => warn!(watch = what, error = %e, "watch failed; retrying with backoff"),
             }
         }
     })
+}
+
+/// A watch error that says the resource is not served (its CRD is not installed).
+fn not_installed(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
 }
 
 /// The names of the cluster-scoped objects a watcher event carries (their triggers are
@@ -116,8 +180,6 @@ pub fn start(
     let mut tasks = Vec::new();
     let ns = &options.namespaces;
     let placeholders = WatcherConfig::default().labels(&super::placeholder_selector());
-    let task_pods = WatcherConfig::default().labels(&super::task_pod_selector());
-    let engine_placeholders = WatcherConfig::default().labels(&super::engine_placeholder_selector());
     let failed_creates = WatcherConfig::default().fields(&super::failed_create_selector());
 
     macro_rules! watch_into {
@@ -135,14 +197,71 @@ pub fn start(
             }
         };
     }
-    watch_into!(PipelineRun, runs, WatcherConfig::default(), "pipelineruns");
-    watch_into!(Pipeline, pipelines, WatcherConfig::default(), "pipelines");
     watch_into!(PersistentVolumeClaim, claims, WatcherConfig::default(), "persistentvolumeclaims");
     watch_into!(StatefulSet, placeholders, placeholders, "statefulsets");
-    watch_into!(StatefulSet, engine_placeholders, engine_placeholders, "engine placeholders");
     watch_into!(Event, failed_creates, failed_creates, "FailedCreate events");
     watch_into!(Pod, placeholder_pods, placeholders, "placeholder pods");
-    watch_into!(Pod, task_pods, task_pods, "task pods");
+
+    // Each engine: its runs and definitions (converted once, as they enter the cache), its task
+    // pods, its own assistant's placeholders. Several engines share each store: a relist of
+    // one replaces only that engine's objects.
+    let (mut runs, mut definitions, mut pods, mut own) = (0, 0, 0, 0);
+    for &e in engine::engines() {
+        let name = e.name();
+        let prefix = format!("{name}/");
+        for (scope, api) in dynamic_apis(&client, ns, e.run_kind()) {
+            let (c, scope) = (caches.clone(), scope.with_prefix(&prefix));
+            let store = move |ev| {
+                let ev = convert(ev, "run", |o| super::cache_run(e, o), |o| key_only(name, o));
+                let touched = c.runs.apply_scoped(&scope, ev);
+                c.changed();
+                touched
+            };
+            tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "runs"));
+            runs += 1;
+        }
+        if let Some(kind) = e.definition_kind() {
+            for (scope, api) in dynamic_apis(&client, ns, kind) {
+                let (c, scope) = (caches.clone(), scope.with_prefix(&prefix));
+                let store = move |ev| {
+                    let ev = convert(ev, "definition", |o| cached_definition(e, o), |o| definition_key_only(name, o));
+                    let touched = c.definitions.apply_scoped(&scope, ev);
+                    c.changed();
+                    touched
+                };
+                tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "definitions"));
+                definitions += 1;
+            }
+        }
+        let selector = WatcherConfig::default().labels(&super::task_pod_selector(e));
+        for (scope, api) in apis::<Pod>(&client, ns) {
+            let (c, scope) = (caches.clone(), scope.with_label(e.pod_selector().label));
+            let store = move |ev| {
+                let touched = c.task_pods.apply_scoped(&scope, ev);
+                c.changed();
+                touched
+            };
+            tasks.push(feed(api, selector.clone(), store, caches.clone(), tx.clone(), "task pods"));
+            pods += 1;
+        }
+        if let Some(a) = e.own_assistant() {
+            let selector = WatcherConfig::default().labels(&a.placeholder_selector());
+            for (scope, api) in apis::<StatefulSet>(&client, ns) {
+                let (c, scope) = (caches.clone(), scope.with_prefix(""));
+                let store = move |ev| {
+                    let touched = c.engine_placeholders.apply_scoped(&scope, ev);
+                    c.changed();
+                    touched
+                };
+                tasks.push(feed(api, selector.clone(), store, caches.clone(), tx.clone(), "engine placeholders"));
+                own += 1;
+            }
+        }
+    }
+    caches.runs.expect_watchers(runs);
+    caches.definitions.expect_watchers(definitions);
+    caches.task_pods.expect_watchers(pods);
+    caches.engine_placeholders.expect_watchers(own);
 
     // PersistentVolumes: a change concerns the namespace of the claim it is bound to.
     let c = caches.clone();
@@ -250,48 +369,57 @@ pub fn start(
             }
         }
     }));
-    if let Some(tekton) = &options.tekton_namespace {
-        tasks.push(watch_tekton_flags(client.clone(), tekton, caches.clone(), Some(tx.clone())));
+    if let Some(tekton) = &options.tekton_namespace
+        && let Some(e) = engine::by_name("tekton")
+    {
+        tasks.extend(watch_assistant_flags(client.clone(), e, tekton, caches.clone(), Some(tx.clone())));
     }
     (rx, tasks)
 }
 
-/// Reads Tekton's `coschedule` flag now and then. The add-on may lack the (optional) right to
-/// read Tekton's namespace: then the flag stays unknown and nothing stands down.
-pub fn watch_tekton_flags(
+/// Reads the flag that switches an engine's own affinity assistant on (Tekton's `coschedule`
+/// in its `feature-flags`), now and then. The add-on may lack the (optional) right to read the
+/// engine's namespace: then the flag stays unknown and nothing stands down for it.
+pub fn watch_assistant_flags(
     client: Client,
-    tekton_namespace: &str,
+    engine: &'static dyn Engine,
+    namespace: &str,
     caches: Arc<Caches>,
     tx: Option<mpsc::UnboundedSender<Trigger>>,
-) -> tokio::task::JoinHandle<()> {
-    let api = Api::<ConfigMap>::namespaced(client, tekton_namespace);
-    caches.expect_tekton_flags();
-    tokio::spawn(async move {
+) -> Option<tokio::task::JoinHandle<()>> {
+    let assistant = engine.own_assistant()?;
+    let (config_map, key) = assistant.flag();
+    let api = Api::<ConfigMap>::namespaced(client, namespace);
+    caches.expect_assistant_flags();
+    Some(tokio::spawn(async move {
         let mut warned = false;
         loop {
-            let value = match api.get_opt("feature-flags").await {
-                Ok(Some(cm)) => Some(cm.data.and_then(|d| d.get(crate::engine::tekton::COSCHEDULE_KEY).cloned())),
+            let value = match api.get_opt(config_map).await {
+                Ok(Some(cm)) => Some(cm.data.and_then(|d| d.get(key).cloned())),
                 Ok(None) => None,
                 Err(e) => {
-                    debug!(error = %e, "cannot read Tekton's feature-flags");
+                    debug!(engine = engine.name(), error = %e, "cannot read the engine's flags");
                     None
                 }
             };
-            let on = value.as_ref().is_some_and(|v| crate::engine::tekton::coschedule_enabled(v.as_deref()));
+            let assistant = engine.own_assistant();
+            let on = value.as_ref().is_some_and(|v| assistant.is_some_and(|a| a.enabled(v.as_deref())));
             if on && !warned {
                 warn!(
-                    coschedule = value.clone().flatten().unwrap_or_else(|| "workspaces (default)".into()),
-                    "Tekton's own affinity assistant is on: affinity-assistant stands down for the runs it serves; \
-                     set coschedule: disabled in Tekton's feature-flags"
+                    engine = engine.name(),
+                    flag = key,
+                    value = value.clone().flatten().unwrap_or_else(|| "(default)".into()),
+                    "the engine's own affinity assistant is on: affinity-assistant stands down for the runs it serves; \
+                     switch it off (Tekton: coschedule: disabled in its feature-flags)"
                 );
                 warned = true;
             }
             let was_ready = caches.ready();
-            let changed = caches.tekton_coschedule() != value;
+            let changed = caches.assistant_flag(engine.name()) != value;
             if changed {
-                caches.set_tekton_coschedule(value);
+                caches.set_assistant_flag(engine.name(), value);
             }
-            caches.set_tekton_flags_read();
+            caches.set_assistant_flags_read();
             if (changed || (!was_ready && caches.ready()))
                 && let Some(tx) = &tx
             {
@@ -299,5 +427,40 @@ pub fn watch_tekton_flags(
             }
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         }
+    }))
+}
+
+/// A definition as cached.
+fn cached_definition(e: &dyn Engine, o: &DynamicObject) -> Result<super::CachedDefinition, engine::ParseError> {
+    Ok(super::CachedDefinition {
+        metadata: super::cache_meta(e.name(), &o.metadata),
+        definition: e.definition(&o.metadata, &o.data)?,
     })
+}
+
+/// Only the key of a run (for deletes).
+fn key_only(engine: &'static str, o: &DynamicObject) -> super::CachedRun {
+    let run = crate::model::Run {
+        engine,
+        namespace: String::new(),
+        name: Default::default(),
+        uid: Default::default(),
+        api_version: Default::default(),
+        kind: Default::default(),
+        created: None,
+        annotations: Default::default(),
+        phase: crate::model::RunPhase::Done,
+        bindings: Vec::new(),
+        tasks: Vec::new(),
+        scheduling: Default::default(),
+        engine_assistant: false,
+        definition: None,
+        task_overrides: Vec::new(),
+    };
+    super::CachedRun { metadata: super::cache_meta(engine, &o.metadata), run }
+}
+
+/// Only the key of a definition (for deletes).
+fn definition_key_only(engine: &'static str, o: &DynamicObject) -> super::CachedDefinition {
+    super::CachedDefinition { metadata: super::cache_meta(engine, &o.metadata), definition: Default::default() }
 }

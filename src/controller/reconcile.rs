@@ -43,9 +43,10 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     }
     ctx.prune(ctx.options.grace_period);
     let started = Instant::now();
-    let tekton_on =
-        ctx.caches.tekton_coschedule().is_some_and(|v| crate::engine::tekton::coschedule_enabled(v.as_deref()));
-    ctx.metrics.tekton_coschedule_on.set(i64::from(tekton_on));
+    let assistant_on = crate::engine::engines().iter().any(|e| {
+        e.own_assistant().is_some_and(|a| ctx.caches.assistant_flag(e.name()).is_some_and(|v| a.enabled(v.as_deref())))
+    });
+    ctx.metrics.tekton_coschedule_on.set(i64::from(assistant_on));
     let config = effective_config(&ctx).await;
     let inputs = ctx.caches.inputs(&namespace);
     let plan = inputs.plan(&config, MissingClaims::Wait);
@@ -95,10 +96,11 @@ async fn effective_config(ctx: &Context) -> Config {
     config
 }
 
-fn run_ref(namespace: &str, name: &str, uid: &str) -> ObjectReference {
+/// The run an Event is about, as its engine names its kind.
+fn run_ref(namespace: &str, api_version: &str, kind: &str, name: &str, uid: &str) -> ObjectReference {
     ObjectReference {
-        api_version: Some(crate::engine::tekton::API_VERSION.into()),
-        kind: Some(crate::engine::tekton::KIND_PIPELINE_RUN.into()),
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
         name: Some(name.into()),
         namespace: Some(namespace.into()),
         uid: Some(uid.into()),
@@ -145,7 +147,8 @@ async fn event_on_owners(
     note: String,
 ) {
     for o in &p.owners {
-        event(ctx, &run_ref(namespace, &o.name, &o.uid), type_, reason, action, note.clone()).await;
+        event(ctx, &run_ref(namespace, &o.api_version, &o.kind, &o.name, &o.uid), type_, reason, action, note.clone())
+            .await;
     }
 }
 
@@ -254,7 +257,7 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
 
     // 4. Warnings the plan has for runs: conflicts, invalid annotations, isolation fallbacks.
     for rp in &plan.runs {
-        let target = run_ref(namespace, &rp.name, &rp.uid);
+        let target = run_ref(namespace, &rp.api_version, &rp.kind, &rp.name, &rp.uid);
         for w in &rp.warnings {
             let reason =
                 if plan.conflicts.iter().any(|c| &c.message == w) { "GroupingConflict" } else { "PlacementWarning" };
@@ -314,7 +317,15 @@ async fn carry_out(ctx: &Context, namespace: &str, config: &Config, plan: &Plan)
                      Tekton's feature-flags to use affinity-assistant",
                     rp.name
                 );
-                event(ctx, &run_ref(namespace, &rp.name, &rp.uid), EventType::Normal, "StoodDown", "Plan", note).await;
+                event(
+                    ctx,
+                    &run_ref(namespace, &rp.api_version, &rp.kind, &rp.name, &rp.uid),
+                    EventType::Normal,
+                    "StoodDown",
+                    "Plan",
+                    note,
+                )
+                .await;
             }
         }
     }
@@ -556,7 +567,7 @@ async fn surface_task_pods(ctx: &Context, namespace: &str, plan: &Plan, placehol
             continue;
         };
         let Some(rp) = plan.run(&run_ref_.name, run_ref_.uid.as_deref()) else { continue };
-        let target = run_ref(namespace, &rp.name, &rp.uid);
+        let target = run_ref(namespace, &rp.api_version, &rp.kind, &rp.name, &rp.uid);
         let pinned_to = pod.annotations().get(names::ANNOTATION_PINNED_TO).cloned();
         let age = pod.metadata.creation_timestamp.as_ref().map(|t| now - t.0.as_second()).unwrap_or(0);
         match pinned_to {

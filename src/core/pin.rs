@@ -3,7 +3,7 @@
 
 use super::plan::{Plan, PlannedPlaceholder, RunStatus, annotation_enabled};
 use super::scheduling;
-use crate::engine::{self, EngineSkip};
+use crate::engine::EngineSkip;
 use crate::model::Name;
 use crate::names;
 use crate::pod::TaskPod;
@@ -188,18 +188,23 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
     if meta.labels.contains_key(names::LABEL_PLACEHOLDER) {
         return skip(SkipReason::Placeholder, format!("{who} is a placeholder"));
     }
-    let found = engine::engines().iter().find_map(|e| Some((*e, e.pod_run(meta)?)));
-    let engine_skip = engine::engines().iter().find_map(|e| e.pod_skip(meta));
-    match engine_skip {
+    let identity = &pod.identity;
+    match identity.skip {
         Some(EngineSkip::EnginePlaceholder) => {
-            return skip(SkipReason::EnginePlaceholder, format!("{who} is Tekton's own placeholder"));
+            return skip(SkipReason::EnginePlaceholder, format!("{who} is {}'s own placeholder", identity.title));
         }
         Some(EngineSkip::EngineAssistant) => {
-            return skip(SkipReason::EngineAssistant, format!("{who} is pinned by Tekton's own affinity assistant"));
+            return skip(
+                SkipReason::EngineAssistant,
+                format!("{who} is pinned by {}'s own affinity assistant", identity.title),
+            );
+        }
+        Some(EngineSkip::EngineHelper) => {
+            return skip(SkipReason::NotTaskPod, format!("{who} is one of {}'s own helper pods", identity.title));
         }
         None => {}
     }
-    let Some((engine, run_ref)) = found else {
+    let Some(run_ref) = &identity.run else {
         return skip(SkipReason::NotTaskPod, format!("{who} belongs to no pipeline run"));
     };
     let required = pod.required_pod_affinity();
@@ -214,7 +219,7 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
     let Some(run) = plan.run(&run_ref.name, run_ref.uid.as_deref()) else {
         return skip(
             SkipReason::RunNotFound,
-            format!("{who}: {} run {} is not known to affinity-assistant; not pinned", engine.name(), run_ref.name),
+            format!("{who}: {} run {} is not known to affinity-assistant; not pinned", identity.title, run_ref.name),
         );
     };
     if run.status != RunStatus::Managed {

@@ -58,7 +58,7 @@ impl RunStatus {
             RunStatus::OptedOut => format!("opted out ({}: \"false\")", names::ANNOTATION_ENABLED),
             RunStatus::InvalidAnnotation(m) => format!("left alone: {m}"),
             RunStatus::Disabled => "not managed: the add-on is disabled (enabled: false)".into(),
-            RunStatus::StoodDown => "left to Tekton's own affinity assistant".into(),
+            RunStatus::StoodDown => "left to the engine's own affinity assistant".into(),
         }
     }
 }
@@ -68,6 +68,9 @@ impl RunStatus {
 pub struct RunPlan {
     pub name: Name,
     pub uid: Name,
+    /// The run's `apiVersion` and `kind` (what Events about it name).
+    pub api_version: Name,
+    pub kind: Name,
     pub mode: Mode,
     pub status: RunStatus,
     pub claims: Vec<ManagedClaim>,
@@ -453,6 +456,8 @@ impl<'a> Builder<'a> {
         let mut rp = RunPlan {
             name: run.name.clone(),
             uid: run.uid.clone(),
+            api_version: run.api_version.clone(),
+            kind: run.kind.clone(),
             mode,
             status: RunStatus::Managed,
             claims: run_claims.managed,

@@ -1,14 +1,22 @@
 //! Engine adapters: the one place that knows a pipeline engine's object shapes.
 //!
-//! An adapter turns the engine's run objects into [`crate::model::Run`] and says which pods are
-//! its task pods. Tekton is the only engine today; Argo Workflows will be one more file here
-//! implementing [`Engine`].
+//! An engine is one file implementing [`Engine`]: which resource is its run and how one becomes
+//! the neutral [`crate::model::Run`] (once, when it enters the cache), its run definitions
+//! (Tekton's Pipeline), which pods are its task pods and which run each belongs to, which of its
+//! pods to leave alone, the RBAC it needs and the webhook selector that sends its pods to the
+//! add-on, and how the add-on stands down where the engine has its own assistant. The core and
+//! the shells (controller, webhook, `render`, `manifests`) only ever go through this trait;
+//! [`engines`] is the registry.
 
 pub mod tekton;
 
-use crate::pod::PodMeta;
+use crate::model::{Definition, Run};
+use crate::pod::{PodMeta, TaskPod};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
 
-/// The run a task pod belongs to, as its labels say.
+/// The run a task pod belongs to, as the pod says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRef {
     pub name: String,
@@ -23,26 +31,126 @@ pub enum EngineSkip {
     EnginePlaceholder,
     /// The engine's own affinity assistant already pinned this pod.
     EngineAssistant,
+    /// One of the engine's own helper pods (Argo's agent and artifact-GC pods): never user work.
+    EngineHelper,
 }
 
-/// What the core needs from a pipeline engine about pods. Run parsing is per engine (its
-/// objects differ); the result is always a [`crate::model::Run`].
+/// A custom resource an engine defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+impl Kind {
+    pub fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+
+    /// For kube's dynamic API (`Api::<DynamicObject>::namespaced_with`).
+    pub fn api_resource(&self) -> kube::core::ApiResource {
+        kube::core::ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version: self.api_version(),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+}
+
+/// One RBAC grant an engine needs: `group`, `resource`, verbs.
+pub type EngineGrant = (&'static str, &'static str, &'static [&'static str]);
+
+/// The webhook entry of an engine: its task pods have `label`, and none of `not_labels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSelector {
+    pub label: &'static str,
+    pub not_labels: &'static [&'static str],
+}
+
+/// An engine's own affinity assistant (Tekton's): the add-on stands down for the runs it serves.
+pub trait OwnAssistant: Send + Sync {
+    /// The label selector of its placeholder StatefulSets.
+    fn placeholder_selector(&self) -> String;
+    /// The runs (uids and names) one of its placeholders serves.
+    fn serves(&self, sts: &StatefulSet) -> Vec<String>;
+    /// Where its switch is: (ConfigMap name, key) in the engine's namespace.
+    fn flag(&self) -> (&'static str, &'static str);
+    /// Whether the flag's value switches it on at all.
+    fn enabled(&self, value: Option<&str>) -> bool;
+    /// Whether, with the flag's value, it serves `run`.
+    fn would_serve(&self, value: Option<&str>, run: &Run) -> bool;
+}
+
+/// A pipeline engine.
 pub trait Engine: Send + Sync {
-    /// Short name, used in logs and metrics labels.
+    /// Short name, used in logs, metric labels and [`Run::engine`].
     fn name(&self) -> &'static str;
-    /// The label that marks this engine's task pods (the webhook's object selector key).
-    fn pod_run_label(&self) -> &'static str;
+    /// How people call it ("Tekton", "Argo Workflows"), for messages.
+    fn title(&self) -> &'static str;
+    /// Its run resource.
+    fn run_kind(&self) -> Kind;
+    /// The definitions its runs may name before their spec is resolved, if any.
+    fn definition_kind(&self) -> Option<Kind>;
+    /// A run object (its metadata and the rest of the document) as the neutral run. Fails only
+    /// when the run cannot be identified or is malformed. Only the add-on's own annotations
+    /// need to be kept.
+    fn run(&self, meta: &ObjectMeta, data: &serde_json::Value) -> Result<Run, ParseError>;
+    /// A definition object, as far as resolving a run against it goes.
+    fn definition(&self, meta: &ObjectMeta, data: &serde_json::Value) -> Result<Definition, ParseError>;
+    /// The webhook selector of its task pods (and the label selector of the task-pod watch).
+    fn pod_selector(&self) -> PodSelector;
     /// The run a pod belongs to, or `None` when it is not one of this engine's task pods.
     fn pod_run(&self, pod: &PodMeta) -> Option<RunRef>;
     /// The pipeline task a task pod runs, for logs and `render`.
     fn pod_task<'a>(&self, pod: &'a PodMeta) -> Option<&'a str>;
-    /// A pod the engine's own affinity machinery owns.
+    /// A pod of the engine's that is not the add-on's to pin.
     fn pod_skip(&self, pod: &PodMeta) -> Option<EngineSkip>;
+    /// What the add-on reads of the engine's resources (beyond pods, PVCs and its own objects).
+    fn rbac(&self) -> Vec<EngineGrant>;
+    /// Its own affinity assistant, if it has one.
+    fn own_assistant(&self) -> Option<&dyn OwnAssistant> {
+        None
+    }
+    /// `render`: the pod the engine would create for `task` of `run`, mounting `claims`.
+    fn sample_pod<'r>(&self, run: &'r Run, task: &str, finally: bool, claims: &[String]) -> TaskPod<'r>;
 }
 
 /// Every engine the add-on knows, in the order a pod is offered to them.
 pub fn engines() -> &'static [&'static dyn Engine] {
     &[&tekton::Tekton]
+}
+
+/// The engine of a run (`Run::engine`).
+pub fn by_name(name: &str) -> Option<&'static dyn Engine> {
+    engines().iter().copied().find(|e| e.name() == name)
+}
+
+/// The engine and run a pod belongs to, and whether an engine says to leave it alone.
+pub fn identify(pod: &PodMeta) -> crate::pod::Identity {
+    let owner = engines().iter().copied().find_map(|e| Some((e, e.pod_run(pod)?)));
+    let skip = engines().iter().copied().find_map(|e| Some((e, e.pod_skip(pod)?)));
+    let engine = owner.as_ref().map(|(e, _)| *e).or(skip.map(|(e, _)| e));
+    crate::pod::Identity {
+        engine: engine.map(|e| e.name()).unwrap_or(""),
+        title: engine.map(|e| e.title()).unwrap_or(""),
+        run: owner.map(|(_, r)| r),
+        skip: skip.map(|(_, s)| s),
+    }
+}
+
+/// Only the add-on's own annotations (the rest is not read, and runs are cached by the
+/// thousand).
+pub fn own_annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(crate::names::DOMAIN))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// A document that could not be read as the type it claims to be.

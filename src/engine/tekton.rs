@@ -4,9 +4,10 @@
 //! `status.pipelineSpec` carries whole task scripts; these views keep only workspace usage, so
 //! a cached run costs a few hundred bytes, not kilobytes.
 
-use super::{Engine, EngineSkip, ParseError, RunRef, nullable};
-use crate::model::{Binding, ClaimSource, Run, RunPhase, Scheduling, TaskUsage};
-use crate::pod::PodMeta;
+use super::{Engine, EngineGrant, EngineSkip, Kind, OwnAssistant, ParseError, PodSelector, RunRef, nullable};
+use crate::model::{Binding, ClaimSource, Definition, Run, RunPhase, Scheduling, TaskUsage};
+use crate::pod::{PodMeta, TaskPod};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -34,13 +35,42 @@ const SPEC_STATUS_PENDING: &str = "PipelineRunPending";
 
 pub struct Tekton;
 
+/// Tekton's kinds.
+pub const RUN_KIND: Kind = Kind { group: "tekton.dev", version: "v1", kind: KIND_PIPELINE_RUN, plural: "pipelineruns" };
+pub const PIPELINE_KIND: Kind = Kind { group: "tekton.dev", version: "v1", kind: KIND_PIPELINE, plural: "pipelines" };
+
 impl Engine for Tekton {
     fn name(&self) -> &'static str {
         "tekton"
     }
 
-    fn pod_run_label(&self) -> &'static str {
-        LABEL_PIPELINE_RUN
+    fn title(&self) -> &'static str {
+        "Tekton"
+    }
+
+    fn run_kind(&self) -> Kind {
+        RUN_KIND
+    }
+
+    fn definition_kind(&self) -> Option<Kind> {
+        Some(PIPELINE_KIND)
+    }
+
+    fn run(&self, meta: &ObjectMeta, data: &serde_json::Value) -> Result<Run, ParseError> {
+        let mut pr: PipelineRun = super::from_value(KIND_PIPELINE_RUN, data)?;
+        pr.metadata = meta.clone();
+        pr.metadata.annotations = Some(super::own_annotations(meta));
+        pr.to_run()
+    }
+
+    fn definition(&self, meta: &ObjectMeta, data: &serde_json::Value) -> Result<Definition, ParseError> {
+        let mut p: Pipeline = super::from_value(KIND_PIPELINE, data)?;
+        p.metadata = meta.clone();
+        Ok(p.to_definition())
+    }
+
+    fn pod_selector(&self) -> PodSelector {
+        PodSelector { label: LABEL_PIPELINE_RUN, not_labels: &[] }
     }
 
     fn pod_run(&self, pod: &PodMeta) -> Option<RunRef> {
@@ -63,6 +93,84 @@ impl Engine for Tekton {
         } else {
             None
         }
+    }
+
+    fn rbac(&self) -> Vec<EngineGrant> {
+        vec![
+            // Watched into the caches; the webhook GETs a run its cache has not seen yet.
+            ("tekton.dev", "pipelineruns", &["get", "list", "watch"]),
+            // A pipelineRef run's first pods come before Tekton writes its spec: the add-on
+            // resolves the Pipeline itself.
+            ("tekton.dev", "pipelines", &["get", "list", "watch"]),
+        ]
+    }
+
+    fn own_assistant(&self) -> Option<&dyn OwnAssistant> {
+        Some(&TektonAssistant)
+    }
+
+    fn sample_pod<'r>(&self, run: &'r Run, task: &str, finally: bool, claims: &[String]) -> TaskPod<'r> {
+        use std::borrow::Cow;
+        let labels: crate::pod::StrMap<'r> = [
+            (LABEL_PIPELINE_RUN, run.name.to_string()),
+            (LABEL_PIPELINE_RUN_UID, run.uid.to_string()),
+            (LABEL_PIPELINE_TASK, task.to_string()),
+            ("tekton.dev/memberOf", if finally { "finally" } else { "tasks" }.to_string()),
+            (crate::names::LABEL_APP_MANAGED_BY, "tekton-pipelines".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)))
+        .collect();
+        TaskPod {
+            metadata: PodMeta {
+                name: format!("{}-{task}-pod", run.name).into(),
+                generate_name: Cow::Borrowed(""),
+                namespace: Cow::Borrowed(&run.namespace),
+                labels,
+                annotations: crate::pod::borrowed_map(&run.annotations),
+                owner_references: Vec::new(),
+            },
+            spec: crate::pod::PodSpecView {
+                volumes: claims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| crate::pod::VolumeView {
+                        name: format!("ws-{i}").into(),
+                        persistent_volume_claim: Some(crate::pod::ClaimVolume { claim_name: c.clone().into() }),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            identity: Default::default(),
+        }
+        .identified()
+    }
+}
+
+/// Tekton's own affinity assistant (`coschedule` in Tekton's `feature-flags`).
+pub struct TektonAssistant;
+
+impl OwnAssistant for TektonAssistant {
+    fn placeholder_selector(&self) -> String {
+        format!("{}={}", crate::names::LABEL_APP_COMPONENT, TEKTON_ASSISTANT_COMPONENT)
+    }
+
+    fn serves(&self, sts: &StatefulSet) -> Vec<String> {
+        let owners = sts.metadata.owner_references.iter().flatten().map(|o| o.uid.clone());
+        let named = sts.metadata.labels.as_ref().and_then(|l| l.get(LABEL_PIPELINE_RUN)).cloned();
+        owners.chain(named).collect()
+    }
+
+    fn flag(&self) -> (&'static str, &'static str) {
+        ("feature-flags", COSCHEDULE_KEY)
+    }
+
+    fn enabled(&self, value: Option<&str>) -> bool {
+        coschedule_enabled(value)
+    }
+
+    fn would_serve(&self, value: Option<&str>, run: &Run) -> bool {
+        tekton_would_serve(value, run)
     }
 }
 
@@ -418,19 +526,22 @@ impl PipelineRun {
             .collect();
         let tasks = spec
             .map(|spec| {
-                let tasks = spec.tasks.iter().map(|t| (t, false));
-                let finally = spec.finally.iter().map(|t| (t, true));
-                tasks
-                    .chain(finally)
-                    .map(|(t, finally)| TaskUsage {
-                        name: t.name.clone(),
-                        finally,
-                        workspaces: t.usage(),
-                        scheduling: overrides.get(t.name.as_str()).map(|p| Scheduling::from(*p)),
+                spec.task_usage()
+                    .into_iter()
+                    .map(|mut t| {
+                        t.scheduling = overrides.get(t.name.as_str()).map(|p| Scheduling::from(*p));
+                        t
                     })
                     .collect()
             })
             .unwrap_or_default();
+        // Resolved later against the named Pipeline: keep the overrides for then.
+        let (definition, task_overrides) = match (phase == RunPhase::AwaitingSpec, self.unresolved_pipeline_name()) {
+            (true, Some(name)) => {
+                (Some(name.into()), overrides.iter().map(|(t, p)| (t.to_string(), Scheduling::from(*p))).collect())
+            }
+            _ => (None, Vec::new()),
+        };
         Ok(Run {
             engine: "tekton",
             namespace: self.metadata.namespace.clone().unwrap_or_default(),
@@ -451,6 +562,8 @@ impl PipelineRun {
                 .map(Scheduling::from)
                 .unwrap_or_default(),
             engine_assistant: false,
+            definition,
+            task_overrides,
         })
     }
 
@@ -487,6 +600,27 @@ impl PipelineTask {
 impl Pipeline {
     pub fn from_value(value: &serde_json::Value) -> Result<Pipeline, ParseError> {
         super::from_value(KIND_PIPELINE, value)
+    }
+
+    /// What resolving a run against this Pipeline needs.
+    pub fn to_definition(&self) -> Definition {
+        Definition {
+            name: self.metadata.name.as_deref().unwrap_or_default().into(),
+            annotations: super::own_annotations(&self.metadata),
+            tasks: self.spec.task_usage(),
+        }
+    }
+}
+
+impl PipelineSpec {
+    /// Each task's workspace usage, `tasks` then `finally`.
+    pub fn task_usage(&self) -> Vec<TaskUsage> {
+        let tasks = self.tasks.iter().map(|t| (t, false));
+        let finally = self.finally.iter().map(|t| (t, true));
+        tasks
+            .chain(finally)
+            .map(|(t, finally)| TaskUsage { name: t.name.clone(), finally, workspaces: t.usage(), scheduling: None })
+            .collect()
     }
 }
 

@@ -163,6 +163,7 @@ async fn handle_parsed<D: Decider>(review: ReviewIn<TaskPod<'_>>, decider: &D, o
     if pod.metadata.namespace.is_empty() {
         pod.metadata.namespace = request.namespace.unwrap_or_default().into();
     }
+    let pod = pod.identified();
     let dry_run = request.dry_run.unwrap_or(false);
     if !decider.ready() {
         tracing::warn!(namespace = %pod.metadata.namespace, pod = %pod.metadata.display_name(),

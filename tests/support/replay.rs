@@ -518,7 +518,7 @@ pub async fn replay(trace: &str, options: &Options) -> Outcome {
     let caches = controller.caches.clone();
     let flags_known = options.tekton_coschedule.is_none();
     world::eventually("the add-on's caches", Duration::from_secs(10), || {
-        caches.ready() && decider.controller_alive() && (flags_known || caches.tekton_coschedule().is_some())
+        caches.ready() && decider.controller_alive() && (flags_known || caches.assistant_flag("tekton").is_some())
     })
     .await;
 
