@@ -285,6 +285,11 @@ fn quantity_number(s: &str) -> Option<&str> {
     }
 }
 
+/// A setting's YAML value; errors are one line (no source snippet), as they end up in events and logs.
+fn from_yaml<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_saphyr::from_str_with_options(s, serde_saphyr::options! { with_snippet: false }).map_err(|e| e.to_string())
+}
+
 /// A YAML/JSON mapping of label keys to values, or `key=value,key=value`.
 pub fn parse_node_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
     let err =
@@ -292,12 +297,12 @@ pub fn parse_node_selector(s: &str) -> Result<BTreeMap<String, String>, String> 
     if s.trim().is_empty() {
         return Ok(BTreeMap::new());
     }
-    let map: BTreeMap<String, String> = match serde_yaml::from_str::<BTreeMap<String, String>>(s) {
+    let map: BTreeMap<String, String> = match from_yaml(s) {
         Ok(m) => m,
         Err(yaml_err) => {
             let mut m = BTreeMap::new();
             for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| err(yaml_err.to_string()))?;
+                let (k, v) = pair.split_once('=').ok_or_else(|| err(yaml_err.clone()))?;
                 m.insert(k.trim().to_string(), v.trim().to_string());
             }
             m
@@ -320,7 +325,7 @@ pub fn parse_tolerations(s: &str) -> Result<Vec<Toleration>, String> {
     if s.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let list: Vec<Toleration> = serde_yaml::from_str(s).map_err(|e| err(e.to_string()))?;
+    let list: Vec<Toleration> = from_yaml(s).map_err(err)?;
     for t in &list {
         let op = t.operator.as_deref().unwrap_or("");
         if !matches!(op, "" | "Equal" | "Exists") {

@@ -741,11 +741,11 @@ pub const HEADER: &str = "# affinity-assistant install manifests.\n\
 # Regenerate: cargo run -- manifests > deploy/release.yaml\n";
 
 /// The objects as one multi-document YAML stream.
-pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml::Error> {
+pub fn to_yaml(objects: &[Value]) -> Result<String, serde_saphyr::SerializeError> {
     let mut out = String::from(HEADER);
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o)?);
+        out.push_str(&serde_saphyr::to_string(o)?);
     }
     Ok(out)
 }

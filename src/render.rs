@@ -99,15 +99,11 @@ impl Doc {
 /// Splits multi-document YAML (JSON is YAML too); `v1` Lists are flattened.
 fn documents(src: &Source) -> Result<Vec<Doc>, RenderError> {
     let mut out = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(&src.text).enumerate() {
+    // Null (empty) documents are skipped and not counted.
+    for (i, value) in serde_saphyr::read::<_, Value>(&mut src.text.as_bytes()).enumerate() {
         let index = i + 1;
         let err = |message: String| RenderError::Document { file: src.name.clone(), doc: index, message };
-        let yaml = serde_yaml::Value::deserialize(de).map_err(|e| err(format!("not valid YAML: {e}")))?;
-        if yaml.is_null() {
-            continue;
-        }
-        let value: Value =
-            serde_json::to_value(&yaml).map_err(|e| err(format!("not a JSON-compatible document: {e}")))?;
+        let value = value.map_err(|e| err(format!("not valid YAML: {e}")))?;
         if !value.is_object() || value.get("kind").and_then(Value::as_str).is_none() {
             return Err(err("not a Kubernetes object (expected a mapping with apiVersion and kind)".into()));
         }
@@ -421,7 +417,7 @@ impl Report {
         }
         for sts in self.placeholders() {
             out.push_str("---\n");
-            out.push_str(&serde_yaml::to_string(&sts).unwrap_or_default());
+            out.push_str(&serde_saphyr::to_string(&sts).unwrap_or_default());
         }
         out
     }

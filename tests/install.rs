@@ -39,7 +39,7 @@ fn deploy_release_yaml_is_the_output_of_manifests() {
         "deploy/release.yaml is stale: regenerate it with `cargo run -- manifests > deploy/release.yaml`"
     );
     let kustomization = std::fs::read_to_string(release_path().with_file_name("kustomization.yaml")).unwrap();
-    let k: Value = serde_yaml::from_str(&kustomization).unwrap();
+    let k: Value = serde_saphyr::from_str(&kustomization).unwrap();
     assert_eq!(k["resources"], json!(["release.yaml"]));
 }
 
@@ -51,7 +51,7 @@ fn round_trips<K: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> 
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    serde_saphyr::from_multiple(yaml).unwrap()
 }
 
 #[test]
@@ -436,7 +436,7 @@ async fn an_upgrade_adopts_the_placeholders_an_earlier_release_created() {
     create_pvc(&client, NS, "src", "ReadWriteOnce").await;
     let uid = create_run(&client, NS, "r1", &["src"], json!({})).await;
     let name = src_placeholder();
-    let earlier: Value = serde_yaml::from_str(
+    let earlier: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/placeholder-v0.1.0.yaml"),
         )

@@ -43,18 +43,9 @@ fn yaml_output_is_apply_able_statefulsets() {
     for path in fixtures() {
         let report = render::render(&[source(&path)], None).unwrap();
         let yaml = report.format(Format::Yaml);
-        let mut n = 0;
-        for doc in serde_yaml::Deserializer::from_str(&yaml) {
-            use serde::Deserialize;
-            let v = serde_yaml::Value::deserialize(doc).unwrap();
-            if v.is_null() {
-                continue;
-            }
-            let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_yaml::from_value(v).unwrap();
-            assert!(sts.metadata.name.is_some());
-            n += 1;
-        }
-        assert_eq!(n, report.placeholders().len());
+        let docs: Vec<k8s_openapi::api::apps::v1::StatefulSet> = serde_saphyr::from_multiple(&yaml).unwrap();
+        assert!(docs.iter().all(|sts| sts.metadata.name.is_some()));
+        assert_eq!(docs.len(), report.placeholders().len());
     }
 }
 

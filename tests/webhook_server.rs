@@ -33,7 +33,7 @@ fn decider(w: &World, controller_alive: bool) -> PlanDecider {
 fn fixture_pod(r: &affinity_assistant::model::Run, task: &str, claims: &[&str]) -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tekton/tekton-task-pod-shape.yaml");
     let text = std::fs::read_to_string(path).expect("fixture");
-    let mut pod: Value = serde_yaml::from_str(&text).expect("fixture YAML");
+    let mut pod: Value = serde_saphyr::from_str(&text).expect("fixture YAML");
     let labels = &mut pod["metadata"]["labels"];
     labels["tekton.dev/pipelineRun"] = json!(r.name);
     labels["tekton.dev/pipelineRunUID"] = json!(r.uid);

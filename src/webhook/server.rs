@@ -4,6 +4,10 @@
 //! body size, decision time, connections. Each connection runs in its own task, so a slow
 //! client only ever holds itself. On shutdown it stops accepting, lets requests in flight
 //! finish (up to a grace period), and returns.
+//!
+//! Plain hyper, like the health server: a framework's serve loop (axum's) handshakes TLS in
+//! its accept loop, has no header timeout, connection cap or bounded drain, and its body
+//! limits answer 413 where the API server needs an AdmissionReview; one route needs no router.
 
 use super::Decider;
 use super::certs::{self, CertStore, TlsSource};

@@ -57,7 +57,7 @@ pub fn crd_dir() -> PathBuf {
 /// the storage version, which needs no conversion.
 pub fn read_crd(path: &Path) -> anyhow::Result<CustomResourceDefinition> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+    let mut crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
         .with_context(|| format!("parsing {} as a CustomResourceDefinition", path.display()))?;
     crd.spec.conversion = None;
     Ok(crd)

@@ -1671,7 +1671,7 @@ impl FakeApiServer {
                     ApiError::invalid("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
                 })?;
                 let applied: Value = serde_json::from_slice(&req.body)
-                    .or_else(|_| serde_yaml::from_slice(&req.body))
+                    .or_else(|_| serde_saphyr::from_slice(&req.body))
                     .map_err(|e| ApiError::bad_request(format!("invalid apply patch: {e}")))?;
                 if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
                     return Err(ApiError::bad_request("apply patches need apiVersion and kind"));
