@@ -46,6 +46,7 @@ fn rwo(name: &str) -> (String, ClaimInfo) {
             bound: true,
             node_pinned: false,
             volume_node_affinity: None,
+            deleted: false,
         },
     )
 }

@@ -66,6 +66,7 @@ fn rwo(name: &str) -> (String, ClaimInfo) {
         bound: true,
         node_pinned: false,
         volume_node_affinity: None,
+        deleted: false,
     };
     (name.to_string(), info)
 }

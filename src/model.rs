@@ -169,7 +169,15 @@ impl Run {
     /// the engine has not written yet: the definition's tasks, its annotations under the run's
     /// own (the run wins). Only a run awaiting that very definition changes.
     pub fn resolve(&mut self, definition: &Definition) {
-        if self.phase != RunPhase::AwaitingSpec || self.definition.is_none() {
+        if self.definition.is_none() {
+            return;
+        }
+        // The definition's opt-out and mode count for the run (run wins), resolved or not: an
+        // engine that does not merge them itself (Argo) still means them.
+        for (k, v) in &definition.annotations {
+            self.annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if self.phase != RunPhase::AwaitingSpec {
             return;
         }
         self.tasks = definition
@@ -183,9 +191,6 @@ impl Run {
                 t
             })
             .collect();
-        for (k, v) in &definition.annotations {
-            self.annotations.entry(k.clone()).or_insert_with(|| v.clone());
-        }
         self.phase = RunPhase::Active;
     }
 }
@@ -198,6 +203,9 @@ pub struct Definition {
     /// The add-on's own annotations on it (opt-out, mode): the engine merges them into the run.
     pub annotations: BTreeMap<String, String>,
     pub tasks: Vec<TaskUsage>,
+    /// Workspaces the definition brings itself (Argo's template volumes and claim templates,
+    /// claim names relative to the run): the engine adds them when it resolves a run.
+    pub bindings: Vec<Binding>,
 }
 
 /// A workspace binding of a run.
@@ -293,6 +301,10 @@ pub struct ClaimInfo {
     /// The bound PV's required node affinity (zone or node): where the volume can be used. A
     /// claim that rides with another claim's placeholder must be usable on its node.
     pub volume_node_affinity: Option<NodeSelector>,
+    /// The PVC was seen and then deleted (Argo's `volumeClaimGC` deletes a Workflow's claims
+    /// before its completed phase shows): it is no longer managed, even where the run still
+    /// names it, so its placeholder goes.
+    pub deleted: bool,
 }
 
 impl ClaimInfo {

@@ -80,6 +80,7 @@ impl ClaimView {
             bound: self.status.phase == "Bound",
             node_pinned: volume.is_some_and(VolumeView::pinned_to_one_node),
             volume_node_affinity: volume.and_then(|v| v.spec.node_affinity.as_ref()?.required.clone()),
+            deleted: false,
         }
     }
 }

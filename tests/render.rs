@@ -151,7 +151,10 @@ fn tekton_coschedule_on_makes_render_stand_down() {
     let flags = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tekton/config-feature-flags.yaml");
     let (ok, out, err) = cli(&["render", "-f", "examples/parallel-tasks.yaml", "-f", flags.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("coschedule: workspaces") && out.contains("left to the engine's own affinity assistant"), "{out}");
+    assert!(
+        out.contains("coschedule: workspaces") && out.contains("left to the engine's own affinity assistant"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -207,6 +207,10 @@ pub struct Caches {
     pub failed_creates: NsStore<Event>,
     /// PersistentVolumes (cluster-scoped): where a bound claim's volume can be used.
     pub volumes: NsStore<PersistentVolume>,
+    /// PVCs seen deleted, by (namespace, name), and when: a run may still name them (Argo's
+    /// `volumeClaimGC` deletes a Workflow's claims before its completed phase shows). Forgotten
+    /// when a PVC of that name appears again, or after ten minutes.
+    deleted_claims: Mutex<HashMap<(String, String), std::time::Instant>>,
     /// Bumped after every change any store takes: the webhook waits on it.
     changes: tokio::sync::watch::Sender<u64>,
     /// The add-on's ConfigMap was listed (found or not): until then `enabled: false` and the
@@ -241,6 +245,7 @@ impl Default for Caches {
             engine_placeholders: NsStore::new(trim_engine_placeholder),
             failed_creates: NsStore::new(trim_event),
             volumes: NsStore::new(trim_volume),
+            deleted_claims: Mutex::new(HashMap::new()),
             changes: tokio::sync::watch::Sender::new(0),
             config_synced: Default::default(),
             assistant_flags_pending: Default::default(),
@@ -287,6 +292,32 @@ impl Caches {
     /// The cached definition of an engine.
     pub fn definition(&self, ns: &str, engine: &str, name: &str) -> Option<Arc<CachedDefinition>> {
         self.definitions.get(ns, &engine_key(engine, name))
+    }
+
+    /// Takes a PVC watch event into the claims store, remembering deletions.
+    pub fn apply_claim(
+        &self,
+        scope: &store::Scope,
+        event: kube::runtime::watcher::Event<PersistentVolumeClaim>,
+    ) -> std::collections::BTreeSet<String> {
+        use kube::runtime::watcher::Event;
+        let key = |pvc: &PersistentVolumeClaim| {
+            (pvc.metadata.namespace.clone().unwrap_or_default(), pvc.metadata.name.clone().unwrap_or_default())
+        };
+        {
+            let mut deleted = self.deleted_claims.lock().unwrap_or_else(|e| e.into_inner());
+            match &event {
+                Event::Delete(pvc) => {
+                    deleted.insert(key(pvc), std::time::Instant::now());
+                }
+                Event::Apply(pvc) | Event::InitApply(pvc) => {
+                    deleted.remove(&key(pvc));
+                }
+                _ => {}
+            }
+            deleted.retain(|_, at| at.elapsed() < std::time::Duration::from_secs(600));
+        }
+        self.claims.apply_scoped(scope, event)
     }
 
     /// The add-on's ConfigMap has been listed (present or not).
@@ -427,8 +458,8 @@ impl Caches {
                             .find(|(e, d)| *e == run.engine && d.name == name)
                             .map(|(_, d)| d.clone())
                     });
-                    if let Some(d) = found {
-                        run.resolve(&d);
+                    if let (Some(d), Some(e)) = (found, engine::by_name(run.engine)) {
+                        e.resolve(&mut run, &d);
                     }
                 }
                 if let Some(a) = engine::by_name(run.engine).and_then(|e| e.own_assistant())
@@ -448,7 +479,15 @@ impl Caches {
                 pvcs.push(Arc::new(pvc.clone()));
             }
         }
-        let claims = pvcs
+        let gone: Vec<String> = self
+            .deleted_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|(n, _)| n == ns)
+            .map(|(_, name)| name.clone())
+            .collect();
+        let mut claims: BTreeMap<String, ClaimInfo> = pvcs
             .iter()
             .map(|pvc| {
                 let mut info = claim_info(pvc);
@@ -460,6 +499,9 @@ impl Caches {
                 (pvc.metadata.name.clone().unwrap_or_default(), info)
             })
             .collect();
+        for name in gone {
+            claims.entry(name.clone()).or_insert(ClaimInfo { name, deleted: true, ..Default::default() });
+        }
         let pods = self.placeholder_pods.in_namespace(ns);
         let failed = self.failed_creates.in_namespace(ns);
         let mut expires: Option<Timestamp> = None;
@@ -592,6 +634,7 @@ pub fn claim_info(pvc: &PersistentVolumeClaim) -> ClaimInfo {
         bound: status.and_then(|s| s.phase.as_deref()) == Some("Bound"),
         node_pinned: false,
         volume_node_affinity: None,
+        deleted: false,
     }
 }
 

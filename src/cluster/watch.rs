@@ -197,7 +197,17 @@ pub fn start(
             }
         };
     }
-    watch_into!(PersistentVolumeClaim, claims, WatcherConfig::default(), "persistentvolumeclaims");
+    let watches = apis::<PersistentVolumeClaim>(&client, ns);
+    caches.claims.expect_watchers(watches.len());
+    for (scope, api) in watches {
+        let c = caches.clone();
+        let store = move |e| {
+            let touched = c.apply_claim(&scope, e);
+            c.changed();
+            touched
+        };
+        tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "persistentvolumeclaims"));
+    }
     watch_into!(StatefulSet, placeholders, placeholders, "statefulsets");
     watch_into!(Event, failed_creates, failed_creates, "FailedCreate events");
     watch_into!(Pod, placeholder_pods, placeholders, "placeholder pods");

@@ -46,6 +46,8 @@ pub enum IgnoreReason {
     NotReadWriteOnce(Vec<String>),
     /// The PVC has not been seen yet.
     Missing,
+    /// The PVC was deleted (the run's engine cleaned it up).
+    Deleted,
 }
 
 impl std::fmt::Display for IgnoreReason {
@@ -56,6 +58,7 @@ impl std::fmt::Display for IgnoreReason {
             IgnoreReason::ReadWriteOncePod => f.write_str("ReadWriteOncePod: a placeholder would lock the tasks out"),
             IgnoreReason::NotReadWriteOnce(m) => write!(f, "access modes [{}] have no ReadWriteOnce", m.join(",")),
             IgnoreReason::Missing => f.write_str("the PVC does not exist (yet)"),
+            IgnoreReason::Deleted => f.write_str("the PVC was deleted"),
         }
     }
 }
@@ -110,6 +113,7 @@ pub fn run_claims<'p>(run: &Run, pvc: impl Fn(&str) -> Option<&'p ClaimInfo>, mi
             continue;
         }
         let verdict = match (pvc(claim), &b.source) {
+            (Some(pvc), _) if pvc.deleted => Err(IgnoreReason::Deleted),
             (Some(pvc), _) => access_verdict(pvc.access_modes()).map(|_| AccessSource::Claim),
             (None, ClaimSource::Template { access_modes, .. }) => {
                 access_verdict(access_modes).map(|_| AccessSource::Template)

@@ -8,6 +8,7 @@
 //! the shells (controller, webhook, `render`, `manifests`) only ever go through this trait;
 //! [`engines`] is the registry.
 
+pub mod argo;
 pub mod tekton;
 
 use crate::model::{Definition, Run};
@@ -115,13 +116,18 @@ pub trait Engine: Send + Sync {
     fn own_assistant(&self) -> Option<&dyn OwnAssistant> {
         None
     }
+    /// Resolves a run whose spec the engine has not written yet against the definition it
+    /// names (its tasks, its annotations under the run's).
+    fn resolve(&self, run: &mut Run, definition: &Definition) {
+        run.resolve(definition);
+    }
     /// `render`: the pod the engine would create for `task` of `run`, mounting `claims`.
     fn sample_pod<'r>(&self, run: &'r Run, task: &str, finally: bool, claims: &[String]) -> TaskPod<'r>;
 }
 
 /// Every engine the add-on knows, in the order a pod is offered to them.
 pub fn engines() -> &'static [&'static dyn Engine] {
-    &[&tekton::Tekton]
+    &[&tekton::Tekton, &argo::Argo]
 }
 
 /// The engine of a run (`Run::engine`).

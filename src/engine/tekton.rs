@@ -608,6 +608,7 @@ impl Pipeline {
             name: self.metadata.name.as_deref().unwrap_or_default().into(),
             annotations: super::own_annotations(&self.metadata),
             tasks: self.spec.task_usage(),
+            bindings: Vec::new(),
         }
     }
 }

@@ -66,6 +66,7 @@ pub fn pvc(name: &str, modes: &[&str]) -> ClaimInfo {
         bound: false,
         node_pinned: false,
         volume_node_affinity: None,
+        deleted: false,
     }
 }
 
