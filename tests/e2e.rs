@@ -14,6 +14,9 @@
 //!   creates PipelineRuns and lets Tekton make TaskRuns and pods; Tekton's `coschedule` must be
 //!   `disabled`. Without one the suite applies the real Tekton CRDs from
 //!   `tests/fixtures/tekton/crds` and plays Tekton's part exactly (see `e2e/tekton.rs`).
+//! - Argo Workflows, real or not, for the `argo_*` tests: with Argo's controller (`E2E_ARGO=real`,
+//!   or detected) the suite creates Workflows and Argo makes PVCs and pods; without one it applies
+//!   Argo's minimal CRDs from `tests/fixtures/argo/crds` and plays Argo's part (`e2e/argo.rs`).
 //! - No volume provisioner: every claim is bound to a static `hostPath` PersistentVolume.
 //! - No kubelet. The suite never waits for a pod to run, only for the scheduler to bind it;
 //!   where a kubelet would finish a graceful deletion, a stand-in does (`e2e/env.rs`). So it
