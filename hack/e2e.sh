@@ -17,6 +17,8 @@
 #   E2E_KUBECONFIG        kubeconfig of the cluster (required)
 #   E2E_CONTEXT           its context (default: the current one)
 #   E2E_TEKTON            auto (default) | real | fake: who creates TaskRuns and pods
+#   E2E_ARGO              auto (default) | real | fake: who creates Argo's PVCs and pods (real:
+#                         argo_retried_... runs the `argo` CLI, which must be on PATH)
 #   E2E_TIMEOUT           bound of each wait, seconds or 3m (default 90)
 #   E2E_MOVE_TIMEOUT      bound of the cordon test's waits (default 180)
 #   E2E_TEST_THREADS      tests run at once (default 1)

@@ -798,3 +798,130 @@ async fn uids_given_on_create_are_kept_only_when_asked() {
     let created = pods.create(&PostParams::default(), &p).await.unwrap();
     assert_eq!(created.metadata.uid.as_deref(), Some("recorded-uid"));
 }
+
+fn argo_api(server: &FakeApiServer, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", kind);
+    Api::namespaced_with(server.client(), NS, &ApiResource::from_gvk_with_plural(&gvk, plural))
+}
+
+/// The API error of a request, whole (code, reason, message).
+fn api_error<T: Debug>(r: Result<T, kube::Error>) -> (u16, String, String) {
+    match r {
+        Err(kube::Error::Api(s)) => (s.code, s.reason, s.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// As Argo's minimal CRDs define them: namespaced, no status subresource. A create keeps the
+/// status it is given, the controller's single update writes spec and status together and
+/// bumps the generation (apiextensions counts every non-metadata change when there is no status
+/// subresource), and `/status` is not a route.
+#[tokio::test]
+async fn argo_workflows_and_templates_are_built_in_without_a_status_subresource() {
+    let server = FakeApiServer::new();
+    let workflows = argo_api(&server, "Workflow", "workflows");
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"), "workflows");
+    let wf = DynamicObject::new("ci-1", &ar)
+        .data(json!({"spec": {"entrypoint": "main", "templates": []}, "status": {"phase": ""}}));
+    let created = workflows.create(&PostParams::default(), &wf).await.unwrap();
+    assert_eq!(created.data["status"]["phase"], "", "no status subresource: create keeps the status");
+    assert_eq!(created.metadata.generation, Some(1));
+    let pp = PatchParams::default();
+    let running = json!({"metadata": {"labels": {"workflows.argoproj.io/phase": "Running"}},
+        "status": {"phase": "Running"}});
+    let updated = workflows.patch("ci-1", &pp, &Patch::Merge(&running)).await.unwrap();
+    assert_eq!(updated.data["status"]["phase"], "Running");
+    assert_eq!(updated.metadata.generation, Some(2), "a status change bumps the generation of such a resource");
+    let relabelled = json!({"metadata": {"labels": {"workflows.argoproj.io/completed": "false"}}});
+    let same = workflows.patch("ci-1", &pp, &Patch::Merge(&relabelled)).await.unwrap();
+    assert_eq!(same.metadata.generation, Some(2), "metadata alone does not");
+    assert_eq!(code(workflows.patch_status("ci-1", &pp, &Patch::Merge(&running)).await), 404);
+    assert_eq!(code(workflows.get_status("ci-1").await), 404);
+    assert_eq!(server.get("workflows.argoproj.io", NS, "ci-1").unwrap()["kind"], "Workflow");
+    assert_eq!(server.get("argoproj.io/v1alpha1/workflows", NS, "ci-1").unwrap()["status"]["phase"], "Running");
+
+    let templates = argo_api(&server, "WorkflowTemplate", "workflowtemplates");
+    let tar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "WorkflowTemplate"),
+        "workflowtemplates",
+    );
+    let wft = DynamicObject::new("ci", &tar).data(json!({"spec": {"entrypoint": "main"}}));
+    templates.create(&PostParams::default(), &wft).await.unwrap();
+    assert_eq!(names(templates.list(&ListParams::default()).await.unwrap()), ["ci"]);
+    assert_eq!(server.get("WorkflowTemplate", NS, "ci").unwrap()["apiVersion"], "argoproj.io/v1alpha1");
+    // Namespaced: no cluster-scoped route for a name.
+    let everywhere: Api<DynamicObject> = Api::all_with(server.client(), &tar);
+    assert_eq!(code(everywhere.get("ci").await), 404);
+    assert_eq!(everywhere.list(&ListParams::default()).await.unwrap().items.len(), 1);
+}
+
+/// A CRD that is not installed: every request answers kube-apiserver's 404 for an unknown
+/// resource (no details naming an object), open watches end, kube's watcher fails its initial
+/// list; the other resources are untouched. Installed again, it serves what it had.
+#[tokio::test]
+async fn an_absent_crd_answers_not_found_to_everything_until_installed() {
+    let server = FakeApiServer::new();
+    let workflows = argo_api(&server, "Workflow", "workflows");
+    let templates = argo_api(&server, "WorkflowTemplate", "workflowtemplates");
+    let seeded = server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "kept", "namespace": NS}, "spec": {}, "status": {"phase": "Running"}}));
+    let mut open = workflows.watch(&WatchParams::default().disable_bookmarks(), "0").await.unwrap().boxed();
+    assert!(matches!(next(&mut open).await.unwrap(), WatchEvent::Added(w) if w.name_any() == "kept"));
+
+    server.set_absent("workflows.argoproj.io", true);
+    let ended = tokio::time::timeout(Duration::from_secs(2), open.next()).await.expect("the open watch ends");
+    assert!(ended.is_none(), "the stream closes when its CRD goes: {ended:?}");
+
+    let unknown = (404, "NotFound".to_string(), "the server could not find the requested resource".to_string());
+    assert_eq!(api_error(workflows.get("kept").await), unknown);
+    assert_eq!(api_error(workflows.list(&ListParams::default()).await), unknown);
+    assert_eq!(api_error(workflows.watch(&WatchParams::default(), "0").await.map(|_| ())), unknown);
+    let everywhere: Api<DynamicObject> = Api::all_with(
+        server.client(),
+        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"), "workflows"),
+    );
+    assert_eq!(api_error(everywhere.list(&ListParams::default()).await), unknown);
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"), "workflows");
+    let new = DynamicObject::new("new", &ar).data(json!({"spec": {}}));
+    assert_eq!(api_error(workflows.create(&PostParams::default(), &new).await), unknown);
+    let pp = PatchParams::default();
+    assert_eq!(api_error(workflows.patch("kept", &pp, &Patch::Merge(json!({"spec": {"x": 1}}))).await), unknown);
+    assert_eq!(api_error(workflows.delete("kept", &DeleteParams::default()).await), unknown);
+    let all = DeleteParams::default();
+    assert_eq!(api_error(workflows.delete_collection(&all, &ListParams::default()).await), unknown);
+    // A faulted request still answers the 404: there is no handler to fail.
+    server.faults().fail_next("workflows", Verb::Get, 1, Fault::Internal);
+    assert_eq!(api_error(workflows.get("kept").await), unknown);
+    server.faults().clear();
+    // kube's watcher, as the add-on's caches use it: the initial list fails with the 404.
+    let mut w = watcher(workflows.clone(), watcher::Config::default()).boxed();
+    loop {
+        match next(&mut w).await {
+            Ok(watcher::Event::Init) => continue,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) => break assert_eq!(s.code, 404),
+            other => panic!("expected the initial list to fail with 404, got {other:?}"),
+        }
+    }
+    // Requests are still logged (RBAC checks), other resources still served.
+    let logged = server.requests().iter().filter(|r| r.resource == "workflows" && r.verb == Verb::Get).count();
+    assert!(logged >= 2);
+    assert!(templates.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert_eq!(server.get("workflows", NS, "kept").unwrap()["metadata"]["uid"], seeded["metadata"]["uid"]);
+
+    // Installed again: the same objects, with the same uids; watches work again.
+    server.set_absent("workflows.argoproj.io", false);
+    let kept = workflows.get("kept").await.unwrap();
+    assert_eq!(kept.metadata.uid.as_deref(), seeded["metadata"]["uid"].as_str());
+    let mut again = workflows.watch(&WatchParams::default().disable_bookmarks(), "0").await.unwrap().boxed();
+    assert!(matches!(next(&mut again).await.unwrap(), WatchEvent::Added(w) if w.name_any() == "kept"));
+    workflows.create(&PostParams::default(), &new).await.unwrap();
+    assert!(matches!(next(&mut again).await.unwrap(), WatchEvent::Added(w) if w.name_any() == "new"));
+
+    // Absent from the start, then installed: none.
+    server.set_absent("WorkflowTemplate", true);
+    assert_eq!(code(templates.list(&ListParams::default()).await), 404);
+    server.set_absent("workflowtemplates.argoproj.io", false);
+    assert!(templates.list(&ListParams::default()).await.unwrap().items.is_empty());
+}

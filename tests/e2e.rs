@@ -14,6 +14,9 @@
 //!   creates PipelineRuns and lets Tekton make TaskRuns and pods; Tekton's `coschedule` must be
 //!   `disabled`. Without one the suite applies the real Tekton CRDs from
 //!   `tests/fixtures/tekton/crds` and plays Tekton's part exactly (see `e2e/tekton.rs`).
+//! - Argo Workflows, real or not, for the `argo_*` tests: with Argo's controller (`E2E_ARGO=real`,
+//!   or detected) the suite creates Workflows and Argo makes PVCs and pods; without one it applies
+//!   Argo's minimal CRDs from `tests/fixtures/argo/crds` and plays Argo's part (`e2e/argo.rs`).
 //! - No volume provisioner: every claim is bound to a static `hostPath` PersistentVolume.
 //! - No kubelet. The suite never waits for a pod to run, only for the scheduler to bind it;
 //!   where a kubelet would finish a graceful deletion, a stand-in does (`e2e/env.rs`). So it
@@ -47,6 +50,8 @@
 mod admission;
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "e2e/argo.rs"]
+mod argo;
 #[path = "e2e/cluster.rs"]
 mod cluster;
 #[path = "e2e/env.rs"]
@@ -62,6 +67,7 @@ mod world;
 
 use affinity_assistant::names;
 use anyhow::{Context as _, anyhow, bail, ensure};
+use argo::{StartedWorkflow, WorkflowSpec};
 use cluster::{check_pinned, check_untouched, node_of, placeholder_claims};
 use env::{Access, Check, Env, Settings, holds_for, scenario, wait_for};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -105,7 +111,7 @@ async fn cluster_connection_or_skip() {
     );
 }
 
-/// Installs the Tekton CRDs when missing (and, for `E2E_LOCAL_ADDON=1`, the add-on's
+/// Installs the Tekton and Argo CRDs when missing (and, for `E2E_LOCAL_ADDON=1`, the add-on's
 /// namespace): `hack/e2e.sh` runs this before it starts a local add-on, so the add-on finds
 /// the CRDs it watches.
 #[tokio::test]
@@ -128,6 +134,11 @@ async fn prepare_cluster() {
     }
     let mode = tekton::detect(&client, settings.tekton).await.unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("Tekton: {mode:?}");
+    // Argo's minimal CRDs too, so a local add-on finds them at start (it must also notice
+    // them when they come later, which the suite does not check).
+    argo::ensure_crds(&client, settings.timeout).await.unwrap_or_else(|e| panic!("installing Argo's CRDs: {e:#}"));
+    let mode = argo::detect(&client, settings.argo).await.unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("Argo Workflows: {mode:?}");
 }
 
 /// Removes what interrupted runs left: the suite's namespaces and volumes, and its cordons.
@@ -203,6 +214,36 @@ async fn restricted_namespace_admits_the_placeholder() {
 #[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]
 async fn deleted_placeholder_is_recreated() {
     scenario("recreate", Access::Shared, recreate).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]
+async fn argo_parallel_pods_sharing_a_claim_land_on_the_placeholders_node() {
+    scenario("argo-shared-claim", Access::Shared, argo_shared_claim).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]
+async fn argo_opted_out_workflow_is_left_alone() {
+    scenario("argo-left-alone", Access::Shared, argo_left_alone).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]
+async fn argo_placeholder_goes_when_the_workflow_completes() {
+    scenario("argo-completes", Access::Shared, argo_completes).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]
+async fn argo_placeholder_goes_when_volume_claim_gc_deletes_the_claim() {
+    scenario("argo-claim-gc", Access::Shared, argo_claim_gc).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]
+async fn argo_retried_workflow_gets_its_placeholder_back() {
+    scenario("argo-retry", Access::Shared, argo_retry).await;
 }
 
 /// The one pod of a task, or an error naming the run.
@@ -542,5 +583,249 @@ async fn recreate(env: Arc<Env>) -> anyhow::Result<()> {
         placeholder_claims(&sts)
     );
     cluster::placeholder_pod(&env, &ns, &name, env.settings.timeout).await?;
+    Ok(())
+}
+
+// The Argo Workflows scenarios: the same promises for Workflows (SPEC "Argo Workflows runs").
+
+/// I2 for one Argo node's pod: pinned to `placeholder` and bound to its pod's node.
+fn argo_follows(
+    wf: &StartedWorkflow,
+    pods: &BTreeMap<String, Pod>,
+    node: &str,
+    placeholder: &Pod,
+) -> anyhow::Result<()> {
+    let name = placeholder.labels().get(names::LABEL_PLACEHOLDER).cloned().unwrap_or_default();
+    let pod = pods.get(node).ok_or_else(|| anyhow!("{wf}: no pod for node {node}"))?;
+    check_pinned(pod, &name, &wf.node_claims(node)).map_err(|e| anyhow!("{wf}, node {node}: {e}"))?;
+    ensure!(
+        node_of(pod) == node_of(placeholder),
+        "{wf}: node {node}'s pod {} is on node {:?}, its placeholder's pod {} on {:?}",
+        pod.name_any(),
+        node_of(pod),
+        placeholder.name_any(),
+        node_of(placeholder)
+    );
+    Ok(())
+}
+
+/// Waits until no placeholder holds `claim` any more (deleted, or on its way out).
+async fn no_placeholder_holding(env: &Env, ns: &str, claim: &str, why: &str) -> anyhow::Result<()> {
+    wait_for(format!("the placeholder in {ns} holding {claim} to be deleted ({why})"), env.settings.timeout, || async {
+        let all = cluster::placeholders(&env.client, ns).await?;
+        let live: Vec<StatefulSet> = all
+            .into_iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none() && placeholder_claims(s).contains(claim))
+            .collect();
+        Ok(if live.is_empty() { Check::Done(()) } else { Check::NotYet(cluster::describe(&live)) })
+    })
+    .await
+}
+
+/// SPEC "Argo Workflows runs", I1/I2: a clone step, then a step group fanned out `withItems`
+/// into three parallel pods, all on one volumeClaimTemplate claim (Argo's
+/// `<workflow>-<template>` name rule): one placeholder holds exactly that claim, every pod that
+/// mounts it, the clone pod included (created before the Workflow had any status), carries
+/// exactly one added term selecting it and is bound to its node; a pod of the group that
+/// mounts no claim is untouched.
+async fn argo_shared_claim(env: Arc<Env>) -> anyhow::Result<()> {
+    argo::prepare(&env).await?;
+    let ns = env.namespace("", &[]).await?;
+    let spec = WorkflowSpec::new("ci")
+        .template("work")
+        .group(&[("clone", &["work"])])
+        .group(&[("notify", &[]), ("test", &["work"])])
+        .with_items(&["debian", "alpine", "ubuntu"]);
+    let wf = argo::start_workflow(&env, &ns, spec).await?;
+    let claim = wf.claim("work")?;
+    ensure!(claim == "ci-work", "{wf}: claim {claim}, Argo names it <workflow>-<template>");
+    let sts = cluster::placeholder_holding(&env, &ns, &claim).await?;
+    ensure!(
+        placeholder_claims(&sts) == BTreeSet::from([claim.clone()]),
+        "placeholder {ns}/{} of {wf} holds {:?}, expected only {claim}",
+        sts.name_any(),
+        placeholder_claims(&sts)
+    );
+    let holder = cluster::placeholder_pod(&env, &ns, &sts.name_any(), env.settings.timeout).await?;
+    let pods = argo::bound_pods(&env, &wf).await?;
+    ensure!(pods.len() == 5, "{wf}: expected 5 pods (clone, notify, 3 tests), got {:?}", pods.keys());
+    for node in pods.keys() {
+        if wf.node_claims(node).is_empty() {
+            check_untouched(&pods[node]).map_err(|e| anyhow!("{wf}, node {node} (mounts no claim): {e}"))?;
+        } else {
+            argo_follows(&wf, &pods, node, &holder)?;
+        }
+    }
+    let all = cluster::placeholders(&env.client, &ns).await?;
+    ensure!(all.len() == 1, "{ns}: expected one placeholder, found {}", cluster::describe(&all));
+    Ok(())
+}
+
+/// SPEC "Argo Workflows runs" and I6: a Workflow opted out by its annotation (which Argo does
+/// not copy to its pods: the add-on must read the Workflow) gets no placeholder, and its pods
+/// (two parallel steps on its own claim template and on an existing claim) are not touched.
+/// A managed Workflow in the same namespace, created last, shows the add-on at work there.
+async fn argo_left_alone(env: Arc<Env>) -> anyhow::Result<()> {
+    argo::prepare(&env).await?;
+    let ns = env.namespace("", &[]).await?;
+    for claim in ["off-data", "ctl-data"] {
+        storage::claim(&env, &ns, claim, RWO).await?;
+    }
+    let off = WorkflowSpec::new("off")
+        .annotate(names::ANNOTATION_ENABLED, "false")
+        .template("work")
+        .claim("data", "off-data")
+        .group(&[("a", &["work", "data"]), ("b", &["work", "data"])]);
+    let off = argo::start_workflow(&env, &ns, off).await?;
+    let control = WorkflowSpec::new("control").claim("data", "ctl-data").group(&[("work", &["data"])]);
+    let control = argo::start_workflow(&env, &ns, control).await?;
+    let sts = cluster::placeholder_holding(&env, &ns, "ctl-data").await?;
+    let holder = cluster::placeholder_pod(&env, &ns, &sts.name_any(), env.settings.timeout).await?;
+    argo_follows(&control, &argo::bound_pods(&env, &control).await?, "work", &holder)?;
+    let expected = BTreeSet::from(["ctl-data".to_string()]);
+    holds_for(format!("only the control Workflow's placeholder in {ns}"), Duration::from_secs(5), || async {
+        let all = cluster::placeholders(&env.client, &ns).await?;
+        let held: BTreeSet<String> = all.iter().flat_map(placeholder_claims).collect();
+        Ok(if all.len() == 1 && held == expected { Ok(()) } else { Err(cluster::describe(&all)) })
+    })
+    .await?;
+    for (node, pod) in argo::bound_pods(&env, &off).await? {
+        check_untouched(&pod).map_err(|e| anyhow!("{off} (opted out), node {node}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// SPEC "Argo Workflows runs" (done: Succeeded, Failed, Error) and I4, on an existing claim
+/// (no volumeClaimGC involved). With the fake, the Workflow is first marked Failed while its
+/// pinned pods still run (what `argo stop` leaves for a moment): the placeholder must stay;
+/// once they finish it must go. With real Argo: once Argo completes the Workflow.
+async fn argo_completes(env: Arc<Env>) -> anyhow::Result<()> {
+    argo::prepare(&env).await?;
+    let ns = env.namespace("", &[]).await?;
+    storage::claim(&env, &ns, "data", RWO).await?;
+    let spec =
+        WorkflowSpec::new("build").claim("data", "data").group(&[("a", &["data"]), ("b", &["data"])]).step_seconds(20);
+    let wf = argo::start_workflow(&env, &ns, spec).await?;
+    let sts = cluster::placeholder_holding(&env, &ns, "data").await?;
+    let (name, uid) = (sts.name_any(), sts.uid().unwrap_or_default());
+    let holder = cluster::placeholder_pod(&env, &ns, &name, env.settings.timeout).await?;
+    let pods = argo::bound_pods(&env, &wf).await?;
+    for node in ["a", "b"] {
+        argo_follows(&wf, &pods, node, &holder)?;
+    }
+    if env.argo == tekton::Mode::Fake {
+        argo::mark_completed(&env, &wf, "Failed").await?;
+        let statefulsets: Api<StatefulSet> = Api::namespaced(env.client.clone(), &ns);
+        let what = format!("placeholder {ns}/{name} to stay while the pinned pods of the completed {wf} run");
+        holds_for(what, Duration::from_secs(5), || async {
+            Ok(match statefulsets.get_opt(&name).await? {
+                Some(s) if s.uid().as_deref() == Some(uid.as_str()) && s.metadata.deletion_timestamp.is_none() => {
+                    Ok(())
+                }
+                Some(_) => Err("it was replaced or is being deleted".to_string()),
+                None => Err("it was deleted".to_string()),
+            })
+        })
+        .await?;
+        argo::finish_running_pods(&env, &wf).await?;
+    } else {
+        argo::wait_completed(&env, &wf).await?;
+    }
+    no_placeholder_holding(&env, &ns, "data", &format!("{wf} completed")).await
+}
+
+/// SPEC "Argo Workflows runs": Argo's volumeClaimGC deletes a Workflow's claim (and strips its
+/// protection finalizer) BEFORE the completed phase is written; the claim going ends its
+/// placeholder. With the fake, the Workflow is still Running (its pods finished) when the
+/// claim goes, and the placeholder must go then; the phase comes after.
+async fn argo_claim_gc(env: Arc<Env>) -> anyhow::Result<()> {
+    argo::prepare(&env).await?;
+    let ns = env.namespace("", &[]).await?;
+    let spec =
+        WorkflowSpec::new("build").template("work").group(&[("a", &["work"]), ("b", &["work"])]).step_seconds(10);
+    let wf = argo::start_workflow(&env, &ns, spec).await?;
+    let claim = wf.claim("work")?;
+    let sts = cluster::placeholder_holding(&env, &ns, &claim).await?;
+    let holder = cluster::placeholder_pod(&env, &ns, &sts.name_any(), env.settings.timeout).await?;
+    let pods = argo::bound_pods(&env, &wf).await?;
+    for node in ["a", "b"] {
+        argo_follows(&wf, &pods, node, &holder)?;
+    }
+    if env.argo == tekton::Mode::Fake {
+        argo::finish_running_pods(&env, &wf).await?;
+        argo::collect_claims(&env, &wf).await?;
+        no_placeholder_holding(&env, &ns, &claim, &format!("volumeClaimGC of {wf} deleted it")).await?;
+        let phase = argo::phase(&env, &wf).await?;
+        ensure!(phase == "Running", "{wf}: phase {phase:?}; the claim alone must have ended the placeholder");
+        argo::mark_completed(&env, &wf, "Succeeded").await?;
+    } else {
+        let phase = argo::wait_completed(&env, &wf).await?;
+        ensure!(phase == "Succeeded", "{wf} ended {phase}: volumeClaimGC (OnWorkflowSuccess) needs Succeeded");
+        no_placeholder_holding(&env, &ns, &claim, &format!("{wf} succeeded and its claim was collected")).await?;
+    }
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    wait_for(format!("claim {ns}/{claim} to be gone"), env.settings.timeout, || async {
+        Ok(match pvcs.get_opt(&claim).await? {
+            None => Check::Done(()),
+            Some(p) => Check::NotYet(format!("still there, finalizers {:?}", p.finalizers())),
+        })
+    })
+    .await
+}
+
+/// SPEC "Argo Workflows runs": `argo retry` reopens a failed Workflow (same uid, same kept
+/// claim: volumeClaimGC OnWorkflowSuccess keeps it on failure) and creates its failed pods
+/// again. The placeholder that went when the Workflow failed comes back, and the new pod is
+/// pinned to it and bound to its node. Real Argo needs the `argo` CLI for the retry.
+async fn argo_retry(env: Arc<Env>) -> anyhow::Result<()> {
+    argo::prepare(&env).await?;
+    let ns = env.namespace("", &[]).await?;
+    let spec = WorkflowSpec::new("flaky")
+        .template("data")
+        .group(&[("a", &["data"]), ("b", &["data"])])
+        .failing("b")
+        .step_seconds(5);
+    let wf = argo::start_workflow(&env, &ns, spec).await?;
+    let claim = wf.claim("data")?;
+    let sts = cluster::placeholder_holding(&env, &ns, &claim).await?;
+    let old_sts = sts.uid().unwrap_or_default();
+    let holder = cluster::placeholder_pod(&env, &ns, &sts.name_any(), env.settings.timeout).await?;
+    let pods = argo::bound_pods(&env, &wf).await?;
+    for node in ["a", "b"] {
+        argo_follows(&wf, &pods, node, &holder)?;
+    }
+    let phase = argo::end_workflow(&env, &wf).await?;
+    ensure!(phase == "Failed", "{wf} ended {phase}, expected Failed (step b fails the first time)");
+    no_placeholder_holding(&env, &ns, &claim, &format!("{wf} failed")).await?;
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    ensure!(pvcs.get_opt(&claim).await?.is_some(), "{wf} failed: its claim {claim} must be kept for argo retry");
+
+    let old: BTreeSet<String> = pods.get("b").and_then(|p| p.uid()).into_iter().collect();
+    argo::retry(&env, &wf).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(env.client.clone(), &ns);
+    let again =
+        wait_for(format!("a placeholder holding {claim} again after retrying {wf}"), env.settings.timeout, || async {
+            let all = cluster::placeholders(&env.client, &ns).await?;
+            let new = all.iter().find(|s| {
+                s.metadata.deletion_timestamp.is_none()
+                    && s.uid().as_deref() != Some(old_sts.as_str())
+                    && placeholder_claims(s).contains(&claim)
+            });
+            Ok(match new {
+                Some(s) => Check::Done(s.clone()),
+                None => {
+                    Check::NotYet(format!("{}; {}", cluster::describe(&all), cluster::warnings(&env.client, &ns).await))
+                }
+            })
+        })
+        .await?;
+    let _ = statefulsets;
+    let holder = cluster::placeholder_pod(&env, &ns, &again.name_any(), env.settings.timeout).await?;
+    let pods = argo::bound_pods_except(&env, &wf, &old).await?;
+    argo_follows(&wf, &pods, "b", &holder)?;
+    let now = Api::<kube::api::DynamicObject>::namespaced_with(env.client.clone(), &ns, &argo::workflows_resource())
+        .get(&wf.name)
+        .await?;
+    ensure!(now.uid().as_deref() == Some(wf.uid.as_str()), "{wf}: argo retry keeps the same Workflow (uid)");
     Ok(())
 }

@@ -55,7 +55,12 @@ fn the_projects_own_examples_render() {
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "yaml") && !path.to_string_lossy().contains("feature-flags") {
+        let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        // The Argo and KFP examples are inputs for render once it reads Workflows (issue 11):
+        // today it skips them with a note. Drop this filter, and review the new snapshots
+        // (`cargo insta review`), when src/engine/argo.rs lands.
+        let argo = file.starts_with("argo-") || file.starts_with("kfp-");
+        if path.extension().is_some_and(|x| x == "yaml") && !file.contains("feature-flags") && !argo {
             let report = render::render(&[source(&path)], None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
             insta::assert_snapshot!(format!("examples-{name}.table"), report.format(Format::Table));

@@ -135,11 +135,38 @@ fn only_pod_creates_are_admitted() {
 }
 
 #[test]
-fn the_object_selector_takes_task_pods_not_placeholders() {
+fn the_shipped_object_selector_takes_task_pods_not_placeholders() {
+    let server = support::apiserver::FakeApiServer::new();
+    support::admission::install_webhook_configuration(&server, "affinity-assistant");
+    let configurations = server.list("mutatingwebhookconfigurations", "");
     let pod = |labels: Value| json!({"metadata": {"labels": labels}});
-    assert!(selected(&pod(json!({"tekton.dev/pipelineRun": "r"}))));
-    assert!(!selected(&pod(json!({"tekton.dev/pipelineRun": "r", "affinity-assistant.dev/placeholder": "x"}))));
-    assert!(!selected(&pod(json!({"app": "x"}))));
+    let calls = |ns: &str, labels: Value| selected(&configurations, ns, &json!({}), &pod(labels)).len();
+    assert_eq!(calls("ci", json!({"tekton.dev/pipelineRun": "r"})), 1);
+    assert_eq!(calls("ci", json!({"tekton.dev/pipelineRun": "r", "affinity-assistant.dev/placeholder": "x"})), 0);
+    assert_eq!(calls("ci", json!({"app": "x"})), 0);
+    // The namespaceSelector: never kube-system or the add-on's own namespace.
+    assert_eq!(calls("kube-system", json!({"tekton.dev/pipelineRun": "r"})), 0);
+    assert_eq!(calls("affinity-assistant", json!({"tekton.dev/pipelineRun": "r"})), 0);
+    let off = json!({"affinity-assistant.dev/enabled": "false"});
+    assert!(selected(&configurations, "ci", &off, &pod(json!({"tekton.dev/pipelineRun": "r"}))).is_empty());
+}
+
+#[test]
+fn label_selectors_are_read_as_kube_apiserver_reads_them() {
+    use support::admission::label_selector_matches as m;
+    let labels = json!({"a": "1", "b": "2"});
+    assert!(m(&Value::Null, &labels));
+    assert!(m(&json!({}), &labels));
+    assert!(m(&json!({"matchLabels": {"a": "1"}}), &labels));
+    assert!(!m(&json!({"matchLabels": {"a": "2"}}), &labels));
+    let e = |op: &str, key: &str, values: Value| json!({"matchExpressions": [{"key": key, "operator": op, "values": values}]});
+    assert!(m(&e("In", "a", json!(["0", "1"])), &labels));
+    assert!(!m(&e("In", "c", json!(["1"])), &labels));
+    assert!(m(&e("NotIn", "c", json!(["1"])), &labels), "NotIn selects a missing label");
+    assert!(!m(&e("NotIn", "a", json!(["1"])), &labels));
+    assert!(m(&e("Exists", "b", Value::Null), &labels));
+    assert!(m(&e("DoesNotExist", "c", Value::Null), &labels));
+    assert!(!m(&e("Gt", "a", json!(["0"])), &labels), "an unknown operator selects nothing");
 }
 
 #[test]

@@ -73,9 +73,14 @@ pub async fn preflight(client: &Client, settings: &Settings, tekton: Mode) -> an
     Ok(())
 }
 
-/// Whether a webhook configuration has a webhook for pod CREATE that selects task pods.
+/// Whether a webhook configuration has a webhook for pod CREATE that selects Tekton task pods.
 pub fn targets_task_pods(config: &MutatingWebhookConfiguration) -> bool {
-    let key = affinity_assistant::engine::tekton::LABEL_PIPELINE_RUN;
+    targets_pods_labelled(config, affinity_assistant::engine::tekton::LABEL_PIPELINE_RUN)
+}
+
+/// Whether a webhook configuration has a webhook for pod CREATE whose objectSelector names
+/// the label `key` (an engine's task pod label).
+pub fn targets_pods_labelled(config: &MutatingWebhookConfiguration, key: &str) -> bool {
     config.webhooks.iter().flatten().any(|w| {
         let pods = w.rules.iter().flatten().any(|r| {
             r.resources.iter().flatten().any(|res| res == "pods" || res == "*")

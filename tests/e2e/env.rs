@@ -30,7 +30,7 @@ pub const CORDON_ANNOTATION: &str = "e2e.affinity-assistant.dev/cordoned";
 
 pub const SKIP_HINT: &str = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh";
 
-/// Which Tekton the suite talks to.
+/// Which Tekton (or Argo Workflows) the suite talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TektonChoice {
     /// Real when a Tekton controller Deployment is available, else fake.
@@ -47,6 +47,8 @@ pub struct Settings {
     pub kubeconfig: PathBuf,
     pub context: Option<String>,
     pub tekton: TektonChoice,
+    /// Which Argo Workflows the Argo scenarios talk to (`E2E_ARGO`, the same three choices).
+    pub argo: TektonChoice,
     /// Bound on every ordinary wait (scheduling, placeholders appearing or going).
     pub timeout: Duration,
     /// Bound on a cordoned node's placeholder moving (the add-on's grace period is inside it).
@@ -77,6 +79,12 @@ impl Settings {
             Some("real") => TektonChoice::Real,
             Some(other) => return Err(format!("E2E_TEKTON={other}: expected auto, fake or real")),
         };
+        let argo = match get("E2E_ARGO").as_deref() {
+            None | Some("auto") => TektonChoice::Auto,
+            Some("fake") => TektonChoice::Fake,
+            Some("real") => TektonChoice::Real,
+            Some(other) => return Err(format!("E2E_ARGO={other}: expected auto, fake or real")),
+        };
         let duration = |key: &str, default: u64| match get(key) {
             None => Ok(Duration::from_secs(default)),
             Some(v) => parse_duration(&v).map_err(|e| format!("{key}={v}: {e}")),
@@ -86,6 +94,7 @@ impl Settings {
             kubeconfig: PathBuf::from(kubeconfig),
             context: get("E2E_CONTEXT"),
             tekton,
+            argo,
             timeout: duration("E2E_TIMEOUT", 90)?,
             move_timeout: duration("E2E_MOVE_TIMEOUT", 180)?,
             addon_namespace: get("E2E_ADDON_NAMESPACE").unwrap_or_else(|| "affinity-assistant".into()),
@@ -180,6 +189,11 @@ pub struct Env {
     pub client: Client,
     pub settings: Settings,
     pub tekton: crate::tekton::Mode,
+    /// Who plays Argo's part: a real workflow-controller, or the suite (`e2e/argo.rs`).
+    pub argo: crate::tekton::Mode,
+    /// Against the in-memory API server (`offline.rs`): no CRDs to install, no RBAC for Argo's
+    /// executor.
+    pub offline: bool,
     pub scenario: String,
     suffix: String,
     namespaces: Arc<Mutex<Vec<String>>>,
@@ -245,14 +259,17 @@ impl Env {
         let client = client(&settings).await?;
         crate::tekton::ensure_crds(&client, settings.timeout).await?;
         let tekton = crate::tekton::detect(&client, settings.tekton).await?;
+        let argo = crate::argo::detect(&client, settings.argo).await?;
         crate::cluster::preflight(&client, &settings, tekton).await?;
         let namespaces = Arc::new(Mutex::new(Vec::new()));
         let stand_in = tokio::spawn(kubelet_stand_in(client.clone(), namespaces.clone()));
-        eprintln!("{scenario}: Tekton {tekton:?}");
+        eprintln!("{scenario}: Tekton {tekton:?}, Argo {argo:?}");
         Ok(Env {
             client,
             settings,
             tekton,
+            argo,
+            offline: false,
             scenario: scenario.to_string(),
             suffix: unique_suffix(),
             namespaces,
@@ -269,6 +286,8 @@ impl Env {
             client,
             settings,
             tekton,
+            argo: tekton,
+            offline: true,
             scenario: scenario.to_string(),
             suffix: unique_suffix(),
             namespaces: Arc::new(Mutex::new(Vec::new())),
@@ -554,6 +573,7 @@ mod tests {
     fn defaults_and_overrides() {
         let s = settings(&[("E2E_KUBECONFIG", "/k")]).unwrap().unwrap();
         assert_eq!(s.tekton, TektonChoice::Auto);
+        assert_eq!(s.argo, TektonChoice::Auto);
         assert_eq!(s.timeout, Duration::from_secs(90));
         assert_eq!(s.move_timeout, Duration::from_secs(180));
         assert_eq!(s.addon_namespace, "affinity-assistant");
@@ -562,6 +582,7 @@ mod tests {
         let s = settings(&[
             ("E2E_KUBECONFIG", "/k"),
             ("E2E_TEKTON", "real"),
+            ("E2E_ARGO", "fake"),
             ("E2E_MOVE_TIMEOUT", "5m"),
             ("E2E_TIMEOUT", "30s"),
             ("E2E_KEEP_ON_FAILURE", "1"),
@@ -569,6 +590,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(s.tekton, TektonChoice::Real);
+        assert_eq!(s.argo, TektonChoice::Fake);
         assert_eq!(s.move_timeout, Duration::from_secs(300));
         assert_eq!(s.timeout, Duration::from_secs(30));
         assert!(s.keep_on_failure);
@@ -578,6 +600,8 @@ mod tests {
     fn bad_values_name_the_variable() {
         let e = settings(&[("E2E_KUBECONFIG", "/k"), ("E2E_TEKTON", "maybe")]).unwrap_err();
         assert!(e.contains("E2E_TEKTON=maybe"), "{e}");
+        let e = settings(&[("E2E_KUBECONFIG", "/k"), ("E2E_ARGO", "yes")]).unwrap_err();
+        assert!(e.contains("E2E_ARGO=yes"), "{e}");
         let e = settings(&[("E2E_KUBECONFIG", "/k"), ("E2E_MOVE_TIMEOUT", "soon")]).unwrap_err();
         assert!(e.contains("E2E_MOVE_TIMEOUT=soon"), "{e}");
     }

@@ -5,12 +5,18 @@
 //! `/apis/{group}/{version}/...`, `?watch=true&resourceVersion=..`, patch content types) and are
 //! answered from a store of `serde_json::Value`s keyed by (group, version, resource, namespace,
 //! name), so any kind works; the built-in table below only fixes the Kind, the scope and whether a
-//! `/status` subresource exists for the kinds the add-on uses, and unknown resources are learned
-//! from the objects written to them (or from [`FakeApiServer::register`]).
+//! `/status` subresource exists for the kinds the add-on uses (core, apps, Tekton's `tekton.dev/v1`
+//! PipelineRuns, TaskRuns, Pipelines and Tasks, Argo's `argoproj.io/v1alpha1` Workflows and
+//! WorkflowTemplates: Argo's minimal CRDs have NO status subresource, so a Workflow's status is
+//! written with its spec through the main resource and `/status` answers 404), and unknown
+//! resources are learned from the objects written to them (or from [`FakeApiServer::register`]).
+//! Every resource is served from the start, as if its CRD were installed, until
+//! [`FakeApiServer::set_absent`] says otherwise.
 //!
 //! Modelled like a real server: one global resourceVersion bumped by every write (no-op writes
 //! do not bump it); server-set `uid`, `creationTimestamp`, `generation` (1 on create, +1 when
-//! `spec` changes); get/list/watch/create/update/patch/delete/deletecollection; label selectors
+//! `spec` changes; for a custom resource without a status subresource, such as a Workflow,
+//! when anything outside `metadata` changes); get/list/watch/create/update/patch/delete/deletecollection; label selectors
 //! (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`, `>`, `<`) and field selectors (`=`, `==`,
 //! `!=` on any dotted path, e.g. `metadata.name`, `spec.nodeName`); watches from a resourceVersion
 //! with a bounded history (410 `Expired` ERROR event when it is too old), synthetic ADDED events
@@ -38,7 +44,12 @@
 //!   gets `deletionTimestamp` and goes that much later; `gracePeriodSeconds: 0`, an unbound or
 //!   a finished pod goes at once);
 //! - [`FakeApiServer::set_keep_uids`]: create keeps a given `metadata.uid` (trace replays);
-//! - [`FakeApiServer::changes`]: a wake-up on every write, for stand-ins in the tests.
+//! - [`FakeApiServer::changes`]: a wake-up on every write, for stand-ins in the tests;
+//! - [`FakeApiServer::set_absent`]: a CRD that is not installed (a cluster without Argo, or
+//!   without Tekton): every request to the resource, watches and lists included, answers 404
+//!   `NotFound` "the server could not find the requested resource" as for any unknown resource,
+//!   and open watches on it end; installing it later (`false`) serves it again, with the
+//!   objects it had (the store keeps them: a real CRD deletion would delete them).
 //!
 //! Not modelled: managedFields and conflicts between field managers (server-side apply is a
 //! JSON merge of the applied object into the stored one, plus removal of the fields the same
@@ -59,8 +70,10 @@
 //! (`resourceVersion`/`resourceVersionMatch` on get/list are ignored, the latest state is
 //! served); conversion between API versions (core/v1 and events.k8s.io/v1 Events are separate
 //! stores; `tekton.dev/v1beta1` is not `v1`); PodDisruptionBudgets for evictions; discovery
-//! (`/api`, `/apis`, `/version` answer 404); `blockOwnerDeletion` and the foreground
-//! `foregroundDeletion` finalizer.
+//! (`/api`, `/apis`, `/version` answer 404, so an absent CRD is seen only through the 404 of a
+//! request to it); CustomResourceDefinition objects (creating one installs nothing, use
+//! `set_absent`; their `Established` condition never comes); `blockOwnerDeletion` and the
+//! foreground `foregroundDeletion` finalizer.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -124,6 +137,10 @@ const BUILTIN: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("tekton.dev", "v1", "taskruns", "TaskRun", true, true),
     ("tekton.dev", "v1", "pipelines", "Pipeline", true, false),
     ("tekton.dev", "v1", "tasks", "Task", true, false),
+    // As the minimal CRDs Argo installs by default (fixtures/argo/crds/minimal-*.yaml):
+    // `subresources: {}`, so spec and status are written in one update of the main resource.
+    ("argoproj.io", "v1alpha1", "workflows", "Workflow", true, false),
+    ("argoproj.io", "v1alpha1", "workflowtemplates", "WorkflowTemplate", true, false),
 ];
 
 /// What the server knows about one resource.
@@ -323,6 +340,8 @@ struct State {
     pod_termination: Option<Duration>,
     /// The StatefulSet controller stand-in's per-StatefulSet retry state (uid -> backoff, next try).
     sts_backoff: HashMap<String, (Duration, Instant)>,
+    /// Resources (group, plural) whose CRD is not installed: every request answers 404.
+    absent: HashSet<(String, String)>,
     /// This state, for the timers it starts itself.
     me: Weak<Mutex<State>>,
 }
@@ -384,6 +403,7 @@ impl FakeApiServer {
             keep_uids: false,
             pod_termination: None,
             sts_backoff: HashMap::new(),
+            absent: HashSet::new(),
             me: Weak::new(),
         };
         let state = Arc::new_cyclic(|me| Mutex::new(State { me: me.clone(), ..state }));
@@ -486,6 +506,36 @@ impl FakeApiServer {
                 }
             }
         });
+    }
+
+    /// Models a CustomResourceDefinition that is not installed (`absent: true`) or installed
+    /// (`false`, the default for every resource). `resource` is `plural.group`
+    /// (`workflows.argoproj.io`), or any name [`FakeApiServer::get`] takes; every version of it is
+    /// meant. While absent, every request to it (get, list, watch, create, update, patch,
+    /// delete, deletecollection, subresources) answers as kube-apiserver does for a resource it
+    /// does not serve: 404 `NotFound`, "the server could not find the requested resource", with
+    /// no details; open watches on it end (as when a CRD is deleted), and a new watch is that
+    /// 404 too. Requests are still logged. Installing it again serves the objects it had before
+    /// (none if it never had any): the store keeps them while absent, and so does the garbage
+    /// collector (a real CRD deletion deletes them; a test that wants that deletes them first).
+    /// Seeding through the handle ([`FakeApiServer::insert`], `get`, `list`) ignores it.
+    pub fn set_absent(&self, resource: &str, absent: bool) {
+        let mut st = lock(&self.state);
+        let mut keys: Vec<(String, String)> =
+            st.resolve_all(resource).into_iter().map(|i| (i.group, i.resource)).collect();
+        if keys.is_empty() {
+            let (plural, group) = resource.split_once('.').unwrap_or((resource, ""));
+            keys.push((group.to_string(), plural.to_string()));
+        }
+        for key in keys {
+            if absent {
+                st.absent.insert(key);
+            } else {
+                st.absent.remove(&key);
+            }
+        }
+        // Wakes the open watches, which end if their resource went.
+        st.notify();
     }
 
     /// Declares a resource the built-in table lacks (otherwise it is learned from objects).
@@ -910,7 +960,7 @@ impl State {
         }
         m.insert("resourceVersion".into(), old_rv.into());
         m.remove("managedFields");
-        if new.get("spec") != old.get("spec") {
+        if generation_changes(info, &old, &new) {
             let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             meta_mut(&mut new).insert("generation".into(), (generation + 1).into());
         }
@@ -1208,6 +1258,24 @@ impl State {
 }
 
 /// A count quantity (`"2"`, `2`); suffixes are not modelled.
+/// Whether an update bumps `metadata.generation`: a change of `spec`; for a custom resource
+/// without a status subresource (Argo's Workflows), a change of anything but `metadata`, as
+/// apiextensions-apiserver counts it (so a Workflow's status writes bump it too).
+fn generation_changes(info: &ResourceInfo, old: &Value, new: &Value) -> bool {
+    let custom = info.group.contains('.') && !info.group.ends_with(".k8s.io");
+    if custom && !info.status_subresource {
+        let content = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("metadata");
+            }
+            v
+        };
+        return content(old) != content(new);
+    }
+    new.get("spec") != old.get("spec")
+}
+
 fn quantity(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
@@ -1525,6 +1593,11 @@ impl FakeApiServer {
                 name: route.name.clone(),
                 subresource: route.sub.clone(),
             });
+            if st.absent.contains(&(route.group.clone(), route.resource.clone())) {
+                // No CRD, no route: before faults, scope and subresource checks, as the
+                // request never reaches a handler.
+                return error_response(&ApiError::no_route());
+            }
             let found = st.info_for(&route.group, &route.version, &route.resource);
             let known = found.is_some();
             let info = found.unwrap_or_else(|| ResourceInfo {
@@ -1914,6 +1987,14 @@ impl Watch {
                         return None;
                     }
                     let epoch = self.rx.borrow_and_update().1;
+                    let gone = lock(&self.state)
+                        .absent
+                        .contains(&(self.info.group.clone(), self.info.resource.clone()));
+                    if gone {
+                        // Its CRD was removed: the server closes the stream.
+                        self.done = true;
+                        return None;
+                    }
                     if epoch != self.epoch {
                         self.done = true;
                         let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "unexpected EOF during chunk");

@@ -491,6 +491,7 @@ pub async fn replay(trace: &str, options: &Options) -> Outcome {
         server.insert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
     }
     server.insert(world::leader_lease("replay"));
+    super::admission::install_webhook_configuration(&server, OWN);
     if let Some(value) = &options.tekton_coschedule {
         server.insert(json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "feature-flags", "namespace": TEKTON_NAMESPACE}, "data": {"coschedule": value}}));
