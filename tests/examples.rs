@@ -15,8 +15,8 @@ fn examples() -> Vec<(String, Vec<Value>)> {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("readable");
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        let docs: Vec<Value> = serde_saphyr::read::<_, Value>(&mut text.as_bytes())
+            .map(|d| d.unwrap_or_else(|e| panic!("{}: {e}", path.display())))
             .filter(|v: &Value| !v.is_null())
             .collect();
         out.push((path.file_name().unwrap().to_string_lossy().into_owned(), docs));

@@ -296,6 +296,27 @@ async fn exercise(watch_namespaces: Vec<String>, stale_secret: bool) -> Vec<Requ
     let review = webhook_support::review("u1", &run_pod("r3", &uid3, "cache"), "CREATE");
     let answer = https.post("/mutate/pods", &webhook_support::to_bytes(&review)).await.unwrap().json();
     assert!(answer["response"]["patch"].is_string(), "pinned after reading the run and claim: {answer}");
+    // The same for an Argo Workflow that runs a WorkflowTemplate, neither of them cached.
+    for resource in ["workflows", "workflowtemplates"] {
+        server.faults().fail_next(resource, Verb::List, 100_000, Fault::Internal);
+        server.faults().fail_next(resource, Verb::Watch, 100_000, Fault::Internal);
+    }
+    server.drop_watches();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
+        "metadata": {"name": "ci", "namespace": NS},
+        "spec": {"templates": [{"name": "build", "container": {"image": "go", "volumeMounts": [{"name": "w", "mountPath": "/w"}]}}]}}));
+    server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "wf", "namespace": NS, "uid": "uid-wf"},
+        "spec": {"workflowTemplateRef": {"name": "ci"}, "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": "cache"}}]}}));
+    let argo_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wf-build-1", "namespace": NS,
+        "labels": {"workflows.argoproj.io/workflow": "wf"},
+        "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "wf", "uid": "uid-wf", "controller": true}]},
+        "spec": {"containers": [{"name": "main", "image": "go"}],
+            "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": "cache"}}]}});
+    let review = webhook_support::review("u2", &argo_pod, "CREATE");
+    let answer = https.post("/mutate/pods", &webhook_support::to_bytes(&review)).await.unwrap().json();
+    assert!(answer["response"]["patch"].is_string(), "pinned after reading the Workflow and its template: {answer}");
     server.faults().clear();
 
     // A cordoned node: the placeholder moves (its volume is checked first).

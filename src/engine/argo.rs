@@ -66,12 +66,11 @@ impl Engine for Argo {
 
     fn definition(&self, meta: &ObjectMeta, data: &serde_json::Value) -> Result<Definition, ParseError> {
         let t: WorkflowTemplate = super::from_value(KIND_WORKFLOW_TEMPLATE, data)?;
-        let (bindings, volume_names) = t.spec.bindings("");
         Ok(Definition {
             name: meta.name.as_deref().unwrap_or_default().into(),
             annotations: super::own_annotations(meta),
-            tasks: t.spec.task_usage(&volume_names),
-            bindings,
+            tasks: t.spec.task_usage(),
+            bindings: t.spec.bindings(""),
         })
     }
 
@@ -332,11 +331,9 @@ fn template_workspace(template: &str, volume: &str) -> String {
 
 impl WorkflowSpec {
     /// The run's workspaces: claim templates (`<prefix><name>`: the PVC's name once the
-    /// Workflow's name is known), workflow volumes, every template's own volumes. Also the
-    /// names of the workflow-level volumes, which templates mount by name.
-    fn bindings(&self, prefix: &str) -> (Vec<Binding>, Vec<String>) {
+    /// Workflow's name is known), workflow volumes, every template's own volumes.
+    fn bindings(&self, prefix: &str) -> Vec<Binding> {
         let mut out = Vec::new();
-        let mut workflow_volumes = Vec::new();
         for t in &self.volume_claim_templates {
             let Some(name) = t.metadata.as_ref().map(|m| m.name.as_str()).filter(|n| !n.is_empty()) else { continue };
             out.push(Binding {
@@ -346,33 +343,31 @@ impl WorkflowSpec {
                     access_modes: t.spec.as_ref().map(|s| s.access_modes.clone()).unwrap_or_default(),
                 },
             });
-            workflow_volumes.push(name.to_string());
         }
         for v in &self.volumes {
             out.push(Binding { workspace: v.name.as_str().into(), source: volume_source(v) });
-            workflow_volumes.push(v.name.clone());
         }
         for t in &self.templates {
             for v in &t.volumes {
                 out.push(Binding { workspace: template_workspace(&t.name, &v.name).into(), source: volume_source(v) });
             }
         }
-        (out, workflow_volumes)
+        out
     }
 
     /// Each template's mounts, as workspaces; `None` where the spec cannot tell.
-    fn task_usage(&self, workflow_volumes: &[String]) -> Vec<TaskUsage> {
+    fn task_usage(&self) -> Vec<TaskUsage> {
         self.templates
             .iter()
             .map(|t| {
                 let unreadable = self.pod_spec_patch.is_some() || t.pod_spec_patch.is_some();
                 let workspaces = (!unreadable).then(|| {
                     let mut ws: Vec<String> = t.volumes.iter().map(|v| template_workspace(&t.name, &v.name)).collect();
+                    // Any other mount names a workflow volume: this Workflow's, or, for a
+                    // template run by reference, the referring Workflow's (unknown names bind
+                    // nothing).
                     for m in t.mounts() {
-                        if t.volumes.iter().any(|v| v.name == m) {
-                            continue;
-                        }
-                        if workflow_volumes.iter().any(|w| *w == m) && !ws.contains(&m.to_string()) {
+                        if !t.volumes.iter().any(|v| v.name == m) && !ws.iter().any(|w| w == m) {
                             ws.push(m.to_string());
                         }
                     }
@@ -434,18 +429,16 @@ impl Workflow {
         // The effective spec: the stored template spec (the template merged with this
         // Workflow), else this Workflow's own.
         let spec = stored.unwrap_or(&self.spec);
-        let (mut bindings, mut volumes) = spec.bindings(&format!("{name}-"));
-        if stored.is_some() {
+        let mut bindings = spec.bindings(&format!("{name}-"));
+        if !std::ptr::eq(spec, &self.spec) {
             // The Workflow's own volumes, when the stored spec left them out.
-            let (own, own_volumes) = self.spec.bindings(&format!("{name}-"));
-            for b in own {
+            for b in self.spec.bindings(&format!("{name}-")) {
                 if !bindings.iter().any(|x| x.workspace == b.workspace) {
                     bindings.push(b);
                 }
             }
-            volumes.extend(own_volumes);
         }
-        let tasks = if phase == RunPhase::AwaitingSpec { Vec::new() } else { spec.task_usage(&volumes) };
+        let tasks = if phase == RunPhase::AwaitingSpec { Vec::new() } else { spec.task_usage() };
         Ok(Run {
             engine: "argo",
             namespace: meta.namespace.clone().unwrap_or_default(),

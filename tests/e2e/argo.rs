@@ -75,7 +75,7 @@ pub fn crd_dir() -> PathBuf {
 
 pub fn read_crd(path: &Path) -> anyhow::Result<CustomResourceDefinition> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("parsing {} as a CustomResourceDefinition", path.display()))
+    serde_saphyr::from_str(&text).with_context(|| format!("parsing {} as a CustomResourceDefinition", path.display()))
 }
 
 pub fn workflows_resource() -> ApiResource {
