@@ -660,3 +660,34 @@ async fn what_the_controller_keeps_for_a_namespace_goes_with_it() {
     eventually("follower keeps no gauges", WAIT, || size("gauges") == 0).await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn an_engine_whose_crd_is_missing_does_not_hold_the_add_on_back_and_is_picked_up_once_installed() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    // A Tekton-only cluster: Argo's CRDs are not installed.
+    server.set_absent("workflows.argoproj.io", true);
+    server.set_absent("workflowtemplates.argoproj.io", true);
+    let c = start(client.clone(), true).await;
+    let caches = c.caches.clone();
+    eventually("ready without Argo", WAIT, || caches.ready()).await;
+    create_pvc(&client, NS, "src", "ReadWriteOnce").await;
+    create_run(&client, NS, "r", &["src"], json!({})).await;
+    eventually("Tekton's run served", WAIT, || placeholders(&server, NS).len() == 1).await;
+    // Argo is installed later: its Workflows are served without a restart.
+    server.set_absent("workflows.argoproj.io", false);
+    server.set_absent("workflowtemplates.argoproj.io", false);
+    create_pvc(&client, NS, "wf-work", "ReadWriteOnce").await;
+    server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "wf", "namespace": NS, "uid": "uid-wf"},
+        "spec": {"volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "wf-work"}}],
+            "templates": [{"name": "build", "container": {"image": "go", "volumeMounts": [{"name": "work", "mountPath": "/w"}]}}]}}));
+    eventually("the Workflow's placeholder", Duration::from_secs(60), || placeholders(&server, NS).len() == 2).await;
+    let argo = placeholders(&server, NS).into_iter().find(|p| claims_of(p).contains("wf-work")).unwrap();
+    assert_eq!(argo["metadata"]["ownerReferences"][0]["kind"], "Workflow");
+    assert!(
+        argo["metadata"]["labels"].as_object().unwrap().keys().all(|k| !k.starts_with("workflows.argoproj.io")),
+        "never Argo's labels on a placeholder"
+    );
+    c.stop().await;
+}
