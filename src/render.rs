@@ -9,11 +9,14 @@
 use crate::config::Config;
 use crate::core::claims::{AccessSource, task_claims};
 use crate::core::{self, Decision, MissingClaims, NamespaceState, Plan};
+use crate::engine::Engine;
 use crate::engine::ParseError;
-use crate::engine::tekton::{self, Pipeline, PipelineRun};
+use crate::model::RunPhase;
 use crate::model::{ClaimInfo, Run};
 use crate::pod::TaskPod;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::DynamicObject;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -118,12 +121,14 @@ fn documents(src: &Source) -> Result<Vec<Doc>, RenderError> {
 }
 
 struct Inputs {
-    runs: Vec<(PipelineRun, String)>,
-    pipelines: Vec<Pipeline>,
+    /// Runs of every engine, with where they came from.
+    runs: Vec<(&'static dyn Engine, DynamicObject, String)>,
+    definitions: Vec<(&'static dyn Engine, DynamicObject)>,
     pvcs: Vec<(String, ClaimInfo)>,
     pods: Vec<TaskPod<'static>>,
     config: Option<(String, BTreeMap<String, String>)>,
-    tekton_flags: Option<BTreeMap<String, String>>,
+    /// An engine's own feature flags (Tekton's `feature-flags`), by engine.
+    engine_flags: Vec<(&'static dyn Engine, BTreeMap<String, String>)>,
 }
 
 fn configmap_data(doc: &Doc) -> Result<BTreeMap<String, String>, RenderError> {
@@ -135,36 +140,69 @@ fn configmap_data(doc: &Doc) -> Result<BTreeMap<String, String>, RenderError> {
     crate::engine::from_value::<Cm>("ConfigMap", &doc.value).map(|c| c.data).map_err(|e| doc.parse_err(e))
 }
 
-fn is_tekton_flags(data: &BTreeMap<String, String>, doc: &Doc) -> bool {
-    data.contains_key(tekton::COSCHEDULE_KEY) || doc.field(&["metadata", "namespace"]) == Some("tekton-pipelines")
+/// The engine whose own flags a `feature-flags` ConfigMap holds (its assistant's key is set,
+/// or it lives in Tekton's namespace), if any; else it is the add-on's config.
+fn engine_flags_of(data: &BTreeMap<String, String>, doc: &Doc) -> Option<&'static dyn Engine> {
+    crate::engine::engines().iter().copied().find(|e| {
+        e.own_assistant().is_some_and(|a| {
+            data.contains_key(a.flag().1)
+                || (e.name() == "tekton" && doc.field(&["metadata", "namespace"]) == Some("tekton-pipelines"))
+        })
+    })
+}
+
+/// The engine whose run or definition kind a document is (`true`: a run).
+fn engine_of(api: &str, kind: &str) -> Option<(&'static dyn Engine, bool)> {
+    crate::engine::engines().iter().copied().find_map(|e| {
+        let run = e.run_kind();
+        if run.api_version() == api && run.kind == kind {
+            return Some((e, true));
+        }
+        let def = e.definition_kind()?;
+        (def.api_version() == api && def.kind == kind).then_some((e, false))
+    })
+}
+
+/// An engine's kind in another version than the one it reads (`tekton.dev/v1beta1`).
+fn other_version(api: &str, kind: &str) -> Option<String> {
+    let group = api.split('/').next()?;
+    crate::engine::engines().iter().find_map(|e| {
+        [Some(e.run_kind()), e.definition_kind()]
+            .into_iter()
+            .flatten()
+            .find(|k| k.group == group && k.kind == kind)
+            .map(|k| k.api_version())
+    })
 }
 
 fn read_inputs(sources: &[Source], config: Option<&Source>, notes: &mut Vec<String>) -> Result<Inputs, RenderError> {
     let mut inputs =
-        Inputs { runs: vec![], pipelines: vec![], pvcs: vec![], pods: vec![], config: None, tekton_flags: None };
+        Inputs { runs: vec![], definitions: vec![], pvcs: vec![], pods: vec![], config: None, engine_flags: vec![] };
     for src in sources {
         let mut skipped = Vec::new();
         for doc in documents(src)? {
             let api = doc.field(&["apiVersion"]).unwrap_or("");
             let kind = doc.field(&["kind"]).unwrap_or("");
             let ns = doc.field(&["metadata", "namespace"]).unwrap_or("default").to_string();
+            if let Some((engine, is_run)) = engine_of(api, kind) {
+                let obj: DynamicObject = crate::engine::from_value(kind, &doc.value).map_err(|e| doc.parse_err(e))?;
+                if is_run {
+                    inputs.runs.push((engine, obj, format!("{}, document {}", doc.file, doc.index)));
+                } else {
+                    inputs.definitions.push((engine, obj));
+                }
+                continue;
+            }
+            if let Some(read) = other_version(api, kind) {
+                notes.push(format!(
+                    "{}, document {}: {} skipped: only {read} is read",
+                    doc.file,
+                    doc.index,
+                    doc.what()
+                ));
+                continue;
+            }
             match (api, kind) {
-                (tekton::API_VERSION, tekton::KIND_PIPELINE_RUN) => {
-                    let run = PipelineRun::from_value(&doc.value).map_err(|e| doc.parse_err(e))?;
-                    inputs.runs.push((run, format!("{}, document {}", doc.file, doc.index)));
-                }
-                (tekton::API_VERSION, tekton::KIND_PIPELINE) => {
-                    inputs.pipelines.push(Pipeline::from_value(&doc.value).map_err(|e| doc.parse_err(e))?);
-                }
-                (a, tekton::KIND_PIPELINE_RUN | tekton::KIND_PIPELINE) if a.starts_with("tekton.dev/") => {
-                    notes.push(format!(
-                        "{}, document {}: {} skipped: only {} is read",
-                        doc.file,
-                        doc.index,
-                        doc.what(),
-                        tekton::API_VERSION
-                    ));
-                }
                 ("v1", "PersistentVolumeClaim") => {
                     let pvc: PersistentVolumeClaim =
                         crate::engine::from_value("PersistentVolumeClaim", &doc.value).map_err(|e| doc.parse_err(e))?;
@@ -180,10 +218,9 @@ fn read_inputs(sources: &[Source], config: Option<&Source>, notes: &mut Vec<Stri
                 ("v1", "Pod") => inputs.pods.push(TaskPod::from_value(&doc.value).map_err(|e| doc.parse_err(e))?),
                 ("v1", "ConfigMap") if doc.field(&["metadata", "name"]) == Some("feature-flags") => {
                     let data = configmap_data(&doc)?;
-                    if is_tekton_flags(&data, &doc) {
-                        inputs.tekton_flags = Some(data);
-                    } else {
-                        inputs.config = Some((doc.file.clone(), data));
+                    match engine_flags_of(&data, &doc) {
+                        Some(e) => inputs.engine_flags.push((e, data)),
+                        None => inputs.config = Some((doc.file.clone(), data)),
                     }
                 }
                 _ => skipped.push(doc.what()),
@@ -210,10 +247,9 @@ fn read_inputs(sources: &[Source], config: Option<&Source>, notes: &mut Vec<Stri
             });
         }
         let data = configmap_data(doc)?;
-        if is_tekton_flags(&data, doc) {
-            inputs.tekton_flags = Some(data);
-        } else {
-            inputs.config = Some((src.name.clone(), data));
+        match engine_flags_of(&data, doc) {
+            Some(e) => inputs.engine_flags.push((e, data)),
+            None => inputs.config = Some((src.name.clone(), data)),
         }
     }
     Ok(inputs)
@@ -240,75 +276,104 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             }
         },
     };
-    let tekton_coschedule = inputs.tekton_flags.as_ref().map(|f| f.get(tekton::COSCHEDULE_KEY).map(String::as_str));
-    if let Some(value) = tekton_coschedule.filter(|v| tekton::coschedule_enabled(*v)) {
-        notes.push(format!(
-            "Tekton's own affinity assistant is on (coschedule: {}): affinity-assistant stands down for the runs it \
-             serves; set coschedule: \"disabled\" in Tekton's feature-flags",
-            value.unwrap_or("workspaces (default)")
-        ));
+    // An engine's own assistant switched on: it serves the runs it would, the add-on stands down.
+    let mut assistants = Vec::new();
+    for (engine, flags) in &inputs.engine_flags {
+        let Some(a) = engine.own_assistant() else { continue };
+        let (_, key) = a.flag();
+        let value = flags.get(key).map(String::as_str);
+        if a.enabled(value) {
+            notes.push(format!(
+                "{}'s own affinity assistant is on ({key}: {}): affinity-assistant stands down for the runs it \
+                 serves; set {key}: \"disabled\" in its feature-flags",
+                engine.title(),
+                value.unwrap_or("workspaces (default)")
+            ));
+        }
+        assistants.push((engine.name(), a, value));
     }
 
     let mut runs: Vec<Run> = Vec::new();
-    for (i, (pr, origin)) in inputs.runs.iter().enumerate() {
-        let mut pr = pr.clone();
-        let meta = &mut pr.metadata;
+    for (i, (engine, obj, origin)) in inputs.runs.iter().enumerate() {
+        let mut obj = obj.clone();
+        let meta = &mut obj.metadata;
         if meta.namespace.as_deref().unwrap_or("").is_empty() {
             meta.namespace = Some("default".into());
         }
         let generate_name = meta.generate_name.clone().unwrap_or_default();
-        if meta.name.as_deref().unwrap_or("").is_empty() && !generate_name.is_empty() {
+        let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+        if name(meta).is_empty() && !generate_name.is_empty() {
             meta.name = Some(format!("{}-stand-in", generate_name.trim_end_matches('-')));
             notes.push(format!(
-                "{origin}: run {} is a stand-in name (it only has generateName); Tekton's names differ",
-                pr.name()
+                "{origin}: run {} is a stand-in name (it only has generateName); {}'s names differ",
+                name(meta),
+                engine.title()
             ));
         }
-        if pr.uid().is_empty() {
-            pr.metadata.uid = Some(format!("00000000-0000-0000-0000-{:012}", i + 1));
-            if pr.spec.workspaces.iter().any(|w| w.volume_claim_template.is_some()) {
-                notes.push(format!(
-                    "{origin}: run {} has no uid; stand-in uid {} used, so its volumeClaimTemplate PVC names differ in a cluster",
-                    pr.name(),
-                    pr.uid()
-                ));
-            }
+        let stand_in_uid = meta.uid.as_deref().unwrap_or("").is_empty();
+        if stand_in_uid {
+            meta.uid = Some(format!("00000000-0000-0000-0000-{:012}", i + 1));
         }
-        let namespace = pr.metadata.namespace.clone().unwrap_or_default();
-        let resolved = pr.status.as_ref().is_some_and(|s| s.pipeline_spec.is_some());
-        if let (false, Some(r)) = (resolved, pr.spec.pipeline_ref.clone()) {
-            if !r.resolver.is_empty() {
-                notes.push(format!(
-                    "{origin}: run {} uses the {} resolver; render cannot fetch its Pipeline",
-                    pr.name(),
-                    r.resolver
-                ));
-            } else if let Some(p) = inputs.pipelines.iter().find(|p| {
-                p.metadata.name.as_deref() == Some(r.name.as_str())
-                    && p.metadata.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == namespace)
-            }) {
-                pr.resolve_with(p);
-            } else {
-                notes.push(format!(
-                    "{origin}: run {} refers to Pipeline {}, which is not among the inputs",
-                    pr.name(),
-                    r.name
-                ));
-            }
-        }
-        let mut run = pr.to_run().map_err(|source| RenderError::Parse {
+        let what = format!("{} {}", engine.run_kind().kind, name(&obj.metadata));
+        let mut run = engine.run(&obj.metadata, &obj.data).map_err(|source| RenderError::Parse {
             file: origin.clone(),
             doc: 0,
-            what: format!("PipelineRun {}", pr.name()),
+            what: what.clone(),
             source: Box::new(source),
         })?;
-        if let Some(value) = tekton_coschedule {
-            run.engine_assistant = tekton::tekton_would_serve(value, &run);
+        // The run's own annotations, not only the add-on's: its pods carry them.
+        run.annotations = obj.metadata.annotations.clone().unwrap_or_default();
+        if stand_in_uid && run.bindings.iter().any(|b| matches!(b.source, crate::model::ClaimSource::Template { .. })) {
+            notes.push(format!(
+                "{origin}: run {} has no uid; stand-in uid {} used, so its volumeClaimTemplate PVC names differ in a cluster",
+                run.name, run.uid
+            ));
+        }
+        let awaiting = run.phase == RunPhase::AwaitingSpec;
+        match run.definition.clone() {
+            Some(def_name) => {
+                let found = inputs.definitions.iter().find(|(e, d)| {
+                    e.name() == engine.name()
+                        && d.metadata.name.as_deref() == Some(def_name.as_str())
+                        && d.metadata.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == run.namespace)
+                });
+                match found {
+                    Some((_, d)) => {
+                        let def = engine.definition(&d.metadata, &d.data).map_err(|source| RenderError::Parse {
+                            file: origin.clone(),
+                            doc: 0,
+                            what: format!("{} {def_name}", engine.definition_kind().map(|k| k.kind).unwrap_or("")),
+                            source: Box::new(source),
+                        })?;
+                        engine.resolve(&mut run, &def);
+                    }
+                    None if awaiting => notes.push(format!(
+                        "{origin}: run {} refers to {} {def_name}, which is not among the inputs",
+                        run.name,
+                        engine.definition_kind().map(|k| k.kind).unwrap_or("definition")
+                    )),
+                    None => {}
+                }
+            }
+            None if awaiting => notes.push(format!(
+                "{origin}: run {}'s spec is resolved by {} itself (a resolver or a cluster-wide template); render \
+                 cannot fetch it",
+                run.name,
+                engine.title()
+            )),
+            None => {}
+        }
+        if let Some((_, a, value)) = assistants.iter().find(|(n, ..)| *n == engine.name()) {
+            run.engine_assistant = a.would_serve(*value, &run);
         }
         runs.push(run);
     }
     if runs.is_empty() {
-        notes.push("no tekton.dev/v1 PipelineRun among the inputs: nothing to place".into());
+        let kinds: Vec<String> = crate::engine::engines()
+            .iter()
+            .map(|e| format!("{} {}", e.run_kind().api_version(), e.run_kind().kind))
+            .collect();
+        notes.push(format!("no run ({}) among the inputs: nothing to place", kinds.join(", ")));
     }
 
     let mut namespaces: Vec<String> = runs.iter().map(|r| r.namespace.clone()).collect();

@@ -56,18 +56,14 @@ fn the_projects_own_examples_render() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        // The Argo and KFP examples are inputs for render once it reads Workflows (issue 11):
-        // today it skips them with a note. Drop this filter, and review the new snapshots
-        // (`cargo insta review`), when src/engine/argo.rs lands.
-        let argo = file.starts_with("argo-") || file.starts_with("kfp-");
-        if path.extension().is_some_and(|x| x == "yaml") && !file.contains("feature-flags") && !argo {
+        if path.extension().is_some_and(|x| x == "yaml") && !file.contains("feature-flags") {
             let report = render::render(&[source(&path)], None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
             insta::assert_snapshot!(format!("examples-{name}.table"), report.format(Format::Table));
             seen += 1;
         }
     }
-    assert!(seen >= 2);
+    assert!(seen >= 6, "the Tekton, Argo and KFP examples");
 }
 
 fn cli(args: &[&str]) -> (bool, String, String) {

@@ -293,6 +293,13 @@ pub struct Template {
     pub affinity: Option<Affinity>,
     #[serde(default)]
     pub priority_class_name: Option<String>,
+    /// Templates that only orchestrate (no pod of their own).
+    #[serde(default)]
+    pub steps: Option<IgnoredAny>,
+    #[serde(default)]
+    pub dag: Option<IgnoredAny>,
+    #[serde(default)]
+    pub suspend: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -359,6 +366,7 @@ impl WorkflowSpec {
     fn task_usage(&self) -> Vec<TaskUsage> {
         self.templates
             .iter()
+            .filter(|t| t.steps.is_none() && t.dag.is_none() && t.suspend.is_none())
             .map(|t| {
                 let unreadable = self.pod_spec_patch.is_some() || t.pod_spec_patch.is_some();
                 let workspaces = (!unreadable).then(|| {
@@ -521,14 +529,13 @@ mod tests {
         assert_eq!(
             usage,
             vec![
-                ("ci", Some(vec![])),
                 ("clone", Some(vec!["workdir".into()])),
                 ("build", Some(vec!["workdir".into(), "cache".into()])),
                 ("own", Some(vec!["own/scratch".into()])),
                 ("patched", None),
             ]
         );
-        assert_eq!(run.tasks[2].scheduling.as_ref().unwrap().node_selector["pool"], "big");
+        assert_eq!(run.tasks[1].scheduling.as_ref().unwrap().node_selector["pool"], "big");
     }
 
     #[test]
@@ -563,7 +570,7 @@ mod tests {
         stored["status"] = json!({"phase": "Running", "storedWorkflowTemplateSpec": ci_spec()["spec"]});
         let run = Argo.run(&meta("r"), &stored).unwrap();
         assert_eq!(run.phase, RunPhase::Active);
-        assert_eq!(run.tasks.len(), 5);
+        assert_eq!(run.tasks.len(), 4, "the steps template runs no pod of its own");
     }
 
     #[test]
