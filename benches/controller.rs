@@ -102,6 +102,59 @@ fn memory_per_run() {
     );
 }
 
+/// An Argo Workflow as the API serves it: examples/ci.yaml's shape (a claim template, a
+/// clone step, three parallel test pods), with the status Argo keeps (a node per pod).
+fn workflow_json(i: usize, ns: &str) -> Value {
+    let nodes: serde_json::Map<String, Value> = (0..5)
+        .map(|n| {
+            (format!("wf-{i}-{n}"), json!({"id": format!("wf-{i}-{n}"), "name": format!("wf-{i}[1].test({n})"),
+                "type": "Pod", "phase": "Running", "templateName": "run-hello", "startedAt": "2026-11-23T00:00:00Z"}))
+        })
+        .collect();
+    json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": format!("wf-{i}"), "namespace": ns, "uid": format!("0b6c3f0e-1d2a-4c1e-9a77-{i:012}"),
+            "creationTimestamp": "2026-11-23T00:00:00Z", "resourceVersion": format!("{}", 48_213_377 + i), "generation": 3,
+            "labels": {"workflows.argoproj.io/phase": "Running", "workflows.argoproj.io/completed": "false"},
+            "annotations": {"workflows.argoproj.io/pod-name-format": "v2"}},
+        "spec": {"entrypoint": "ci",
+            "volumeClaimTemplates": [{"metadata": {"name": "workdir"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+            "templates": [
+                {"name": "ci", "steps": [[{"name": "clone", "template": "clone"}], [{"name": "test", "template": "run-hello",
+                    "withItems": [1, 2, 3]}]]},
+                {"name": "clone", "container": {"image": "alpine/git", "command": ["sh", "-c"], "args": ["git clone https://example.com/r /src"],
+                    "volumeMounts": [{"name": "workdir", "mountPath": "/src"}]}},
+                {"name": "run-hello", "inputs": {"parameters": [{"name": "item"}]},
+                    "container": {"image": "golang:1.22", "command": ["go", "test", "./..."],
+                    "volumeMounts": [{"name": "workdir", "mountPath": "/src"}]}}]},
+        "status": {"phase": "Running", "startedAt": "2026-11-23T00:00:00Z", "nodes": nodes,
+            "persistentVolumeClaims": [{"name": "workdir", "persistentVolumeClaim": {"claimName": format!("wf-{i}-workdir")}}]}})
+}
+
+/// What the runs cache costs per Argo Workflow (target < 2,048 bytes, as for a PipelineRun).
+fn memory_per_workflow() {
+    let caches = Caches::default();
+    let store = &caches.runs;
+    let docs: Vec<Value> = (0..RUNS).map(|i| workflow_json(i, &format!("ns-{}", i % NAMESPACES))).collect();
+    let json_bytes: usize = docs.iter().map(|d| d.to_string().len()).sum();
+    let before = LIVE.load(Ordering::Relaxed);
+    for d in &docs {
+        let obj = <kube::api::DynamicObject as serde::Deserialize>::deserialize(d).unwrap();
+        let run = affinity_assistant::cluster::cache_run(&affinity_assistant::engine::argo::Argo, &obj).unwrap();
+        drop(obj);
+        store.apply(kube::runtime::watcher::Event::Apply(run));
+    }
+    let after = LIVE.load(Ordering::Relaxed);
+    drop(docs);
+    println!(
+        "cache memory (Argo): {} Workflows held in {:.1} KiB = {} bytes/Workflow (target < 2,048); their JSON averaged {} bytes",
+        store.len(),
+        (after - before) as f64 / 1024.0,
+        (after - before) / RUNS as isize,
+        json_bytes / RUNS
+    );
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -211,6 +264,10 @@ async fn controller_figures() {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: run either way.
     memory_per_run();
+    memory_per_workflow();
+    if std::env::var_os("AA_BENCH_MEMORY_ONLY").is_some() {
+        return;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

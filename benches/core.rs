@@ -241,7 +241,7 @@ fn pin_pod(bytes: &[u8], plan: &Plan) -> Vec<u8> {
 fn pin_review(bytes: &[u8], plan: &Plan) -> Vec<u8> {
     let mut review: Value = serde_json::from_slice(bytes).expect("review parses");
     let object = review.pointer_mut("/request/object").map(Value::take).expect("request.object");
-    let pod = TaskPod::deserialize(object).expect("task pod parses");
+    let pod = TaskPod::deserialize(object).expect("task pod parses").identified();
     match decide(&pod, plan, true) {
         Decision::Pin(pin) => pin.patch_json().expect("patch serialises"),
         Decision::Skip(s) => panic!("expected a pin, got {:?}: {}", s.reason, s.message),
@@ -291,7 +291,42 @@ fn pod_decision(c: &mut Criterion) {
     group.bench_function("admission_review", |b| b.iter(|| pin_review(black_box(ADMISSION_REVIEW), black_box(&fresh))));
     group
         .bench_function("pod_json_placeholder_on_node", |b| b.iter(|| pin_pod(black_box(TASK_POD), black_box(&bound))));
+
+    // An Argo task pod (tests/fixtures/argo/argo-pod-shape.yaml as the webhook receives it),
+    // of a Workflow of 3 parallel steps on a volumeClaimTemplate, in the same namespace.
+    let argo_pod = argo_pod_json();
+    let mut with_argo = runs.clone();
+    with_argo.push(argo_run());
+    let argo_plan = plan(&namespace_state(&config, &with_argo, &claims, &[]));
+    let pod = TaskPod::from_json(&argo_pod).expect("the Argo pod parses");
+    assert!(matches!(decide(&pod, &argo_plan, true), Decision::Pin(_)), "the Argo pod is pinned");
+    group.bench_function("argo_pod_json", |b| b.iter(|| pin_pod(black_box(&argo_pod), black_box(&argo_plan))));
     group.finish();
+}
+
+/// The Argo fixture pod, as JSON bytes (the webhook reads JSON).
+fn argo_pod_json() -> Vec<u8> {
+    let text = include_str!("../tests/fixtures/argo/argo-pod-shape.yaml");
+    let pod: Value = serde_saphyr::from_str(text).expect("the fixture is YAML");
+    serde_json::to_vec(&pod).expect("JSON")
+}
+
+/// The fixture pod's Workflow (`ci-example-7xk2p`, examples/ci.yaml), as its adapter reads it.
+fn argo_run() -> Run {
+    use affinity_assistant::engine::Engine;
+    let wf = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "ci-example-7xk2p", "namespace": NAMESPACE, "uid": "0b6c3f0e-1d2a-4c1e-9a77-5f2f9d1d0c11",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"entrypoint": "ci-example",
+            "volumeClaimTemplates": [{"metadata": {"name": "workdir"}, "spec": {"accessModes": ["ReadWriteOnce"]}}],
+            "templates": [
+                {"name": "ci-example", "steps": [[{"name": "build", "template": "build-golang-example"}],
+                    [{"name": "test", "template": "run-hello"}]]},
+                {"name": "build-golang-example", "container": {"image": "golang", "volumeMounts": [{"name": "workdir", "mountPath": "/go"}]}},
+                {"name": "run-hello", "container": {"image": "debian", "volumeMounts": [{"name": "workdir", "mountPath": "/go"}]}}]},
+        "status": {"phase": "Running"}});
+    let obj: kube::api::DynamicObject = serde_json::from_value(wf).expect("a Workflow");
+    affinity_assistant::engine::argo::Argo.run(&obj.metadata, &obj.data).expect("the Workflow reads")
 }
 
 // ---------------------------------------------------------------------------------------------
