@@ -107,8 +107,11 @@ fn memory_per_run() {
 fn workflow_json(i: usize, ns: &str) -> Value {
     let nodes: serde_json::Map<String, Value> = (0..5)
         .map(|n| {
-            (format!("wf-{i}-{n}"), json!({"id": format!("wf-{i}-{n}"), "name": format!("wf-{i}[1].test({n})"),
-                "type": "Pod", "phase": "Running", "templateName": "run-hello", "startedAt": "2026-11-23T00:00:00Z"}))
+            (
+                format!("wf-{i}-{n}"),
+                json!({"id": format!("wf-{i}-{n}"), "name": format!("wf-{i}[1].test({n})"),
+                "type": "Pod", "phase": "Running", "templateName": "run-hello", "startedAt": "2026-11-23T00:00:00Z"}),
+            )
         })
         .collect();
     json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",

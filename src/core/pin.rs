@@ -294,16 +294,7 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
             ),
         );
     }
-    let excluded = match &target.node {
-        Some(node) => scheduling::node_excludes(
-            node,
-            &pod.spec.node_selector,
-            pod.required_node_affinity(),
-            &pod.spec.tolerations,
-        ),
-        None => scheduling::selectors_conflict(&pod.spec.node_selector, &target.node_selector),
-    };
-    if let Some(why) = excluded {
+    if let Some(why) = node_excluded(pod, target) {
         return skip(
             SkipReason::NodeExcluded,
             format!("{who} cannot run where placeholder {} is: {why}; not pinned", target.name),
@@ -352,16 +343,7 @@ fn reinvoked(pod: &TaskPod, plan: &Plan, who: &Who<'_>) -> Decision {
         ))
     } else {
         plan.placeholder(placeholder).and_then(|target| {
-            let excluded = match &target.node {
-                Some(node) => scheduling::node_excludes(
-                    node,
-                    &pod.spec.node_selector,
-                    pod.required_node_affinity(),
-                    &pod.spec.tolerations,
-                ),
-                None => scheduling::selectors_conflict(&pod.spec.node_selector, &target.node_selector),
-            };
-            excluded.map(|why| {
+            node_excluded(pod, target).map(|why| {
                 format!("another admission webhook changed {who}'s node constraints: it cannot run where placeholder {placeholder} is ({why})")
             })
         })
@@ -374,6 +356,20 @@ fn reinvoked(pod: &TaskPod, plan: &Plan, who: &Who<'_>) -> Decision {
         message: format!("{why}; the pin was taken back and the pod is not pinned"),
         undo: Some(unpin_patch(pod, &ours)),
     })
+}
+
+/// Why the pod cannot run where its placeholder is (I5): its node constraints exclude the
+/// placeholder's node, or, before that is bound, the placeholder's own selector.
+fn node_excluded(pod: &TaskPod, target: &PlannedPlaceholder) -> Option<String> {
+    match &target.node {
+        Some(node) => scheduling::node_excludes(
+            node,
+            &pod.spec.node_selector,
+            pod.required_node_affinity(),
+            &pod.spec.tolerations,
+        ),
+        None => scheduling::selectors_conflict(&pod.spec.node_selector, &target.node_selector),
+    }
 }
 
 /// The placeholder a pin term selects.

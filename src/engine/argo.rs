@@ -17,7 +17,9 @@
 //! - a template whose mounts cannot be read from the spec (a `podSpecPatch`, which is how
 //!   Kubeflow Pipelines adds its `kfp-workspace`) counts as using every claim of the run.
 
-use super::{Engine, EngineGrant, EngineSkip, Kind, ParseError, PodSelector, RunRef, nullable};
+use super::{
+    ClaimRef, ClaimTemplate, Engine, EngineGrant, EngineSkip, Kind, ParseError, PodSelector, RunRef, nullable,
+};
 use crate::model::{Binding, ClaimSource, Definition, Run, RunPhase, Scheduling, TaskUsage};
 use crate::pod::{PodMeta, TaskPod};
 use k8s_openapi::api::core::v1::{Affinity, Toleration};
@@ -233,36 +235,6 @@ pub struct Volume {
     pub name: String,
     #[serde(default)]
     pub persistent_volume_claim: Option<ClaimRef>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimRef {
-    #[serde(default, deserialize_with = "nullable")]
-    pub claim_name: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimTemplate {
-    #[serde(default)]
-    pub metadata: Option<TemplateMeta>,
-    #[serde(default)]
-    pub spec: Option<ClaimTemplateSpec>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateMeta {
-    #[serde(default, deserialize_with = "nullable")]
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimTemplateSpec {
-    #[serde(default, deserialize_with = "nullable")]
-    pub access_modes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

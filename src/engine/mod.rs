@@ -159,6 +159,38 @@ pub fn own_annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Kubernetes shapes engines share: a volume's claim reference and a claim template (Tekton's
+/// `volumeClaimTemplate` workspace, Argo's `volumeClaimTemplates`), trimmed to what is read.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRef {
+    #[serde(default, deserialize_with = "nullable")]
+    pub claim_name: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimTemplate {
+    #[serde(default)]
+    pub metadata: Option<TemplateMeta>,
+    #[serde(default)]
+    pub spec: Option<TemplateSpec>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMeta {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    pub access_modes: Vec<String>,
+}
+
 /// A document that could not be read as the type it claims to be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

@@ -4,7 +4,10 @@
 //! `status.pipelineSpec` carries whole task scripts; these views keep only workspace usage, so
 //! a cached run costs a few hundred bytes, not kilobytes.
 
-use super::{Engine, EngineGrant, EngineSkip, Kind, OwnAssistant, ParseError, PodSelector, RunRef, nullable};
+use super::{
+    ClaimRef, ClaimTemplate, Engine, EngineGrant, EngineSkip, Kind, OwnAssistant, ParseError, PodSelector, RunRef,
+    nullable,
+};
 use crate::model::{Binding, ClaimSource, Definition, Run, RunPhase, Scheduling, TaskUsage};
 use crate::pod::{PodMeta, TaskPod};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -291,36 +294,6 @@ pub struct WorkspaceBinding {
     pub persistent_volume_claim: Option<ClaimRef>,
     #[serde(default)]
     pub volume_claim_template: Option<ClaimTemplate>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimRef {
-    #[serde(default, deserialize_with = "nullable")]
-    pub claim_name: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimTemplate {
-    #[serde(default)]
-    pub metadata: Option<TemplateMeta>,
-    #[serde(default)]
-    pub spec: Option<TemplateSpec>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateMeta {
-    #[serde(default, deserialize_with = "nullable")]
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateSpec {
-    #[serde(default, deserialize_with = "nullable")]
-    pub access_modes: Vec<String>,
 }
 
 /// A pipeline spec, keeping only which workspaces each task binds.
