@@ -395,7 +395,13 @@ fn namespace_plan(c: &mut Criterion) {
         let state = namespace_state(&config, &runs, &claims, &[]);
         let first = plan(&state);
         assert!(first.runs.iter().all(|r| r.status == affinity_assistant::core::RunStatus::Managed));
-        assert!(first.placeholders.len() as u32 >= n, "{} placeholders", first.placeholders.len());
+        // Runs sharing a cache: the later ones' claims ride with the first one's placeholder.
+        assert!(
+            first.conflicts.is_empty() && first.placeholders.len() as u32 >= n / 2,
+            "{} placeholders",
+            first.placeholders.len()
+        );
+        assert!(first.runs.iter().any(|r| !r.riders.is_empty()), "the fixture has riders");
         group.bench_with_input(BenchmarkId::new("fresh", n), &state, |b, s| b.iter(|| plan(black_box(s))));
 
         // Steady state: every placeholder already exists and is scheduled.

@@ -186,7 +186,8 @@ impl Run {
             .map(|t| {
                 let mut t = t.clone();
                 if t.scheduling.is_none() {
-                    t.scheduling = self.task_overrides.iter().find(|(n, _)| *n == t.name).map(|(_, s)| s.clone());
+                    t.scheduling =
+                        self.task_overrides.iter().find(|(n, _)| *n == t.name).map(|(_, s)| Box::new(s.clone()));
                 }
                 t
             })
@@ -247,8 +248,9 @@ pub struct TaskUsage {
     /// Run workspace names; `None` when it cannot be read (propagated workspaces): the task
     /// then counts as using every workspace of the run.
     pub workspaces: Option<Vec<String>>,
-    /// Per-task pod scheduling overrides (Tekton `taskRunSpecs[].podTemplate`).
-    pub scheduling: Option<Scheduling>,
+    /// Per-task pod scheduling overrides (Tekton `taskRunSpecs[].podTemplate`). Boxed: rare,
+    /// and runs are cached by the thousand with several tasks each.
+    pub scheduling: Option<Box<Scheduling>>,
 }
 
 /// Pod scheduling constraints a run (or task) asks for.

@@ -409,7 +409,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
                 let plan = &plan;
                 task_claims(run).into_iter().zip(&run.tasks).filter_map(move |((task, claims), usage)| {
                     let claims: Vec<String> = claims.into_iter().collect();
-                    let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_ref())?;
+                    let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_deref())?;
                     Some(PodOutcome {
                         run: run.name.to_string(),
                         task: task.to_string(),

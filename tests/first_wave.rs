@@ -368,3 +368,33 @@ async fn tektons_own_placeholder_pod_is_never_reported_as_an_unpinned_task_pod()
     assert!(run_events(&w.server, "own", "TaskPodNotPinned").is_empty(), "{:?}", w.server.list("events", NS));
     w.controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_quota_with_no_room_for_the_placeholder_gets_nothing_pinned_and_the_run_hears_why() {
+    let w = world(Duration::from_secs(2)).await;
+    // kube-controller-manager's StatefulSet controller (stand-in), and a pod quota already full.
+    w.server.run_statefulset_controller();
+    w.server.insert(json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods", "namespace": NS},
+        "spec": {"hard": {"pods": "1"}}}));
+    w.server.insert(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "someone-else", "namespace": NS},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}, "status": {"phase": "Running"}}));
+    w.server.insert(pipeline("build", json!({})));
+    w.server.insert(pvc("quota-src"));
+    w.server.insert(pipeline_ref_run("quota", json!({"name": "build"})));
+    eventually("the placeholder's StatefulSet", WAIT, || placeholders(&w.server, NS).len() == 1).await;
+    let caches = w.controller.caches.clone();
+    eventually("the refusal seen", WAIT, || caches.failed_creates.len() == 1).await;
+    let d = decide(&w, &task_pod("quota", "clone", json!({}))).await;
+    assert_eq!(reason(&d), Some(SkipReason::PlaceholderRefused), "{d:?}");
+    eventually("a Warning on the run", WAIT, || {
+        run_events(&w.server, "quota", "PlaceholderFailedCreate")
+            .iter()
+            .any(|e| e["note"].as_str().is_some_and(|n| n.contains("exceeded quota")))
+    })
+    .await;
+    // Room is made: the StatefulSet controller creates the pod on its next try, pods are pinned again.
+    w.server.delete("pods", NS, "someone-else");
+    eventually("the placeholder's pod", Duration::from_secs(30), || caches.placeholder_pods.len() == 1).await;
+    assert!(matches!(decide(&w, &task_pod("quota", "unit", json!({}))).await, Decision::Pin(_)));
+    w.controller.stop().await;
+}

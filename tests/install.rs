@@ -332,6 +332,7 @@ async fn exercise(watch_namespaces: Vec<String>, stale_secret: bool) -> Vec<Requ
             run["status"]["conditions"] = json!([{"type": "Succeeded", "status": "True", "reason": "Succeeded"}])
         });
     }
+    edit(&server, "workflows", NS, "wf", |wf| wf["status"] = json!({"phase": "Succeeded"}));
     eventually("placeholders deleted", WAIT, || placeholders(&server, NS).is_empty()).await;
     // The lease was taken (kube-lease-manager patches it when it acquires and renews).
     eventually("lease patched", WAIT, || {

@@ -15,7 +15,6 @@ use crate::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -124,18 +123,41 @@ pub fn trim_node(node: &mut Node) {
 
 /// A run as cached: the neutral run its engine made of the object when it entered the cache
 /// (converted once, not on every plan). Keyed `<engine>/<name>`, so two engines' runs of one
-/// name never meet.
+/// name never meet. No `ObjectMeta`: it would be a third of what a cached run costs.
 #[derive(Debug, Clone)]
 pub struct CachedRun {
-    pub metadata: ObjectMeta,
+    /// `<engine>/<name>`.
+    pub key: String,
     pub run: Run,
 }
 
-/// A run definition as cached (Tekton's Pipeline), keyed `<engine>/<name>`.
+/// A run definition as cached (Tekton's Pipeline, Argo's WorkflowTemplate).
 #[derive(Debug, Clone)]
 pub struct CachedDefinition {
-    pub metadata: ObjectMeta,
+    /// `<engine>/<name>`.
+    pub key: String,
+    pub namespace: String,
     pub definition: Definition,
+}
+
+impl store::Cached for CachedRun {
+    fn cache_key(&self) -> (String, String) {
+        (self.run.namespace.clone(), self.key.clone())
+    }
+
+    fn has_label(&self, _: &str) -> bool {
+        false
+    }
+}
+
+impl store::Cached for CachedDefinition {
+    fn cache_key(&self) -> (String, String) {
+        (self.namespace.clone(), self.key.clone())
+    }
+
+    fn has_label(&self, _: &str) -> bool {
+        false
+    }
 }
 
 /// The cache key of an engine's object.
@@ -143,48 +165,19 @@ pub fn engine_key(engine: &str, name: &str) -> String {
     format!("{engine}/{name}")
 }
 
-macro_rules! cached_resource {
-    ($t:ty, $kind:literal) => {
-        impl kube::Resource for $t {
-            type DynamicType = ();
-            type Scope = kube::core::NamespaceResourceScope;
-            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-                $kind.into()
-            }
-            fn group(_: &()) -> std::borrow::Cow<'_, str> {
-                "".into()
-            }
-            fn version(_: &()) -> std::borrow::Cow<'_, str> {
-                "".into()
-            }
-            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-                "".into()
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
-cached_resource!(CachedRun, "Run");
-cached_resource!(CachedDefinition, "Definition");
-
 /// A run object as the runs cache keeps it: its engine's neutral run, converted once.
 pub fn cache_run(e: &dyn Engine, o: &kube::api::DynamicObject) -> Result<CachedRun, engine::ParseError> {
-    Ok(CachedRun { metadata: cache_meta(e.name(), &o.metadata), run: e.run(&o.metadata, &o.data)? })
+    let key = engine_key(e.name(), o.metadata.name.as_deref().unwrap_or_default());
+    Ok(CachedRun { key, run: e.run(&o.metadata, &o.data)? })
 }
 
-/// The metadata a cached object keeps: its key (namespace, `<engine>/<name>`) and uid.
-pub fn cache_meta(engine: &str, meta: &ObjectMeta) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(engine_key(engine, meta.name.as_deref().unwrap_or_default())),
-        namespace: meta.namespace.clone(),
-        uid: meta.uid.clone(),
-        ..Default::default()
-    }
+/// A definition object as the definitions cache keeps it.
+pub fn cache_definition(e: &dyn Engine, o: &kube::api::DynamicObject) -> Result<CachedDefinition, engine::ParseError> {
+    Ok(CachedDefinition {
+        key: engine_key(e.name(), o.metadata.name.as_deref().unwrap_or_default()),
+        namespace: o.metadata.namespace.clone().unwrap_or_default(),
+        definition: e.definition(&o.metadata, &o.data)?,
+    })
 }
 
 /// Everything the add-on watches.

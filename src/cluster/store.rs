@@ -51,9 +51,8 @@ impl Scope {
         Scope { label: Some(label.into()), ..self }
     }
 
-    fn covers<K: Resource>(&self, name: &str, obj: &K) -> bool {
-        name.starts_with(&self.prefix)
-            && self.label.as_ref().is_none_or(|l| obj.meta().labels.as_ref().is_some_and(|ls| ls.contains_key(l)))
+    fn covers<K: Cached>(&self, name: &str, obj: &K) -> bool {
+        name.starts_with(&self.prefix) && self.label.as_ref().is_none_or(|l| obj.has_label(l))
     }
 
     fn covers_namespace(&self, ns: &str) -> bool {
@@ -87,6 +86,24 @@ struct Inner<K> {
     ns_versions: HashMap<String, u64>,
 }
 
+/// What a store needs of what it keeps: where it goes, and its labels (for scoped relists).
+/// Kubernetes objects have it from their metadata; the neutral runs the caches hold, which
+/// carry no `ObjectMeta` (it would be most of their size), say it themselves.
+pub trait Cached {
+    fn cache_key(&self) -> (String, String);
+    fn has_label(&self, key: &str) -> bool;
+}
+
+impl<K: Resource> Cached for K {
+    fn cache_key(&self) -> (String, String) {
+        key(self)
+    }
+
+    fn has_label(&self, key: &str) -> bool {
+        self.meta().labels.as_ref().is_some_and(|ls| ls.contains_key(key))
+    }
+}
+
 fn key<K: Resource>(obj: &K) -> (String, String) {
     let meta = obj.meta();
     (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
@@ -106,7 +123,7 @@ fn keep_all<K>(_: &K) -> bool {
     true
 }
 
-impl<K: Resource> NsStore<K> {
+impl<K: Cached> NsStore<K> {
     pub fn new(trim: fn(&mut K)) -> Self {
         Self::with_filter(trim, keep_all)
     }
@@ -151,7 +168,7 @@ impl<K: Resource> NsStore<K> {
         match event {
             watcher::Event::Apply(mut obj) => {
                 (self.trim)(&mut obj);
-                let (ns, name) = key(&obj);
+                let (ns, name) = obj.cache_key();
                 if (self.keep)(&obj) {
                     let old = inner.objects.entry(ns.clone()).or_default().insert(name, Arc::new(obj));
                     if old.is_none() {
@@ -163,7 +180,7 @@ impl<K: Resource> NsStore<K> {
                 touched.insert(ns);
             }
             watcher::Event::Delete(obj) => {
-                let (ns, name) = key(&obj);
+                let (ns, name) = obj.cache_key();
                 Self::remove(inner, &ns, &name);
                 touched.insert(ns);
             }
@@ -173,7 +190,7 @@ impl<K: Resource> NsStore<K> {
             watcher::Event::InitApply(mut obj) => {
                 (self.trim)(&mut obj);
                 if (self.keep)(&obj) {
-                    let (ns, name) = key(&obj);
+                    let (ns, name) = obj.cache_key();
                     let relist = inner.relists.entry(scope.clone()).or_default();
                     relist.entry(ns).or_default().insert(name, Arc::new(obj));
                 }

@@ -234,7 +234,8 @@ pub fn start(
             for (scope, api) in dynamic_apis(&client, ns, kind) {
                 let (c, scope) = (caches.clone(), scope.with_prefix(&prefix));
                 let store = move |ev| {
-                    let ev = convert(ev, "definition", |o| cached_definition(e, o), |o| definition_key_only(name, o));
+                    let ev =
+                        convert(ev, "definition", |o| super::cache_definition(e, o), |o| definition_key_only(name, o));
                     let touched = c.definitions.apply_scoped(&scope, ev);
                     c.changed();
                     touched
@@ -440,19 +441,11 @@ pub fn watch_assistant_flags(
     }))
 }
 
-/// A definition as cached.
-fn cached_definition(e: &dyn Engine, o: &DynamicObject) -> Result<super::CachedDefinition, engine::ParseError> {
-    Ok(super::CachedDefinition {
-        metadata: super::cache_meta(e.name(), &o.metadata),
-        definition: e.definition(&o.metadata, &o.data)?,
-    })
-}
-
 /// Only the key of a run (for deletes).
 fn key_only(engine: &'static str, o: &DynamicObject) -> super::CachedRun {
     let run = crate::model::Run {
         engine,
-        namespace: String::new(),
+        namespace: o.metadata.namespace.clone().unwrap_or_default(),
         name: Default::default(),
         uid: Default::default(),
         api_version: Default::default(),
@@ -467,10 +460,14 @@ fn key_only(engine: &'static str, o: &DynamicObject) -> super::CachedRun {
         definition: None,
         task_overrides: Vec::new(),
     };
-    super::CachedRun { metadata: super::cache_meta(engine, &o.metadata), run }
+    super::CachedRun { key: super::engine_key(engine, o.metadata.name.as_deref().unwrap_or_default()), run }
 }
 
 /// Only the key of a definition (for deletes).
 fn definition_key_only(engine: &'static str, o: &DynamicObject) -> super::CachedDefinition {
-    super::CachedDefinition { metadata: super::cache_meta(engine, &o.metadata), definition: Default::default() }
+    super::CachedDefinition {
+        key: super::engine_key(engine, o.metadata.name.as_deref().unwrap_or_default()),
+        namespace: o.metadata.namespace.clone().unwrap_or_default(),
+        definition: Default::default(),
+    }
 }

@@ -378,7 +378,7 @@ impl Template {
             .map(|m| m.name.as_str())
     }
 
-    fn scheduling(&self) -> Option<Scheduling> {
+    fn scheduling(&self) -> Option<Box<Scheduling>> {
         let s = Scheduling {
             node_selector: self.node_selector.clone(),
             tolerations: self.tolerations.clone(),
@@ -386,7 +386,7 @@ impl Template {
             image_pull_secrets: Vec::new(),
             priority_class_name: self.priority_class_name.clone().filter(|p| !p.is_empty()),
         };
-        (s != Scheduling::default()).then_some(s)
+        (s != Scheduling::default()).then(|| Box::new(s))
     }
 }
 

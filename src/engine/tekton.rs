@@ -502,7 +502,7 @@ impl PipelineRun {
                 spec.task_usage()
                     .into_iter()
                     .map(|mut t| {
-                        t.scheduling = overrides.get(t.name.as_str()).map(|p| Scheduling::from(*p));
+                        t.scheduling = overrides.get(t.name.as_str()).map(|p| Box::new(Scheduling::from(*p)));
                         t
                     })
                     .collect()
