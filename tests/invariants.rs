@@ -22,6 +22,8 @@ struct RunSpec {
     tasks: Vec<Vec<usize>>,
     mode: Option<Mode>,
     active: bool,
+    /// An Argo Workflow rather than a Tekton PipelineRun: every invariant holds for both.
+    argo: bool,
 }
 
 fn run_spec() -> impl Strategy<Value = RunSpec> {
@@ -35,8 +37,9 @@ fn run_spec() -> impl Strategy<Value = RunSpec> {
             Just(Some(Mode::IsolatePipelineRun))
         ],
         prop_oneof![4 => Just(true), 1 => Just(false)],
+        any::<bool>(),
     )
-        .prop_map(|(bindings, tasks, mode, active)| RunSpec { bindings, tasks, mode, active })
+        .prop_map(|(bindings, tasks, mode, active, argo)| RunSpec { bindings, tasks, mode, active, argo })
 }
 
 fn build_run(i: usize, spec: &RunSpec) -> Run {
@@ -47,12 +50,13 @@ fn build_run(i: usize, spec: &RunSpec) -> Run {
         spec.tasks.iter().map(|t| t.iter().filter(|&&k| k < ws.len()).map(|&k| ws[k].as_str()).collect()).collect();
     let names: Vec<String> = (0..task_ws.len()).map(|t| format!("t{t}")).collect();
     let tasks: Vec<(&str, &[&str])> = names.iter().zip(&task_ws).map(|(n, w)| (n.as_str(), w.as_slice())).collect();
-    let mut v = run_json(&format!("run-{i}"), &bindings, &tasks);
+    let name = format!("run-{i}");
+    let mut v = if spec.argo { workflow_json(&name, &bindings, &tasks) } else { run_json(&name, &bindings, &tasks) };
     v["metadata"]["creationTimestamp"] = json!(format!("2026-01-01T00:{:02}:00Z", i % 60));
     if let Some(m) = spec.mode {
         v["metadata"]["annotations"][names::ANNOTATION_MODE] = json!(m.as_str());
     }
-    let mut r = to_run(&v);
+    let mut r = if spec.argo { to_argo_run(&v) } else { to_run(&v) };
     if !spec.active {
         r.phase = RunPhase::Done;
     }

@@ -373,3 +373,29 @@ fn a_reinvocation_after_a_node_selector_that_excludes_the_placeholder_takes_the_
     assert_eq!(out["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"], json!([]));
     assert_eq!(out["spec"]["nodeSelector"], json!({"pool": "gpu"}));
 }
+
+#[test]
+fn an_argo_workflows_pods_are_pinned_like_a_pipelineruns() {
+    let wf = to_argo_run(&workflow_json(
+        "ci-1",
+        &[("work", "workdir"), ("cache", "go-cache")],
+        &[("clone", &["work"]), ("test", &["work", "cache"])],
+    ));
+    let w = World::new(vec![wf.clone()], rwo(&["workdir", "go-cache"]));
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1);
+    for (task, claims) in [("clone", &["workdir"][..]), ("test", &["workdir", "go-cache"][..])] {
+        let pin = expect_pin(decide(&pod(&wf, task, claims), &plan, true));
+        assert_eq!(pin.placeholder, plan.placeholders[0].name.as_str());
+    }
+    // Argo's agent pod of the same Workflow is never touched.
+    let mut agent = pod_json(&wf, "agent", &[]);
+    agent["metadata"]["labels"]["workflows.argoproj.io/component"] = json!("agent");
+    assert_eq!(expect_skip(decide_json(&agent, &w)).reason, SkipReason::NotTaskPod);
+    // A Workflow opted out by annotation: its pods (which do not carry it) are left alone.
+    let mut v = workflow_json("ci-2", &[("work", "workdir-2")], &[("clone", &["work"])]);
+    v["metadata"]["annotations"][names::ANNOTATION_ENABLED] = json!("false");
+    let out = to_argo_run(&v);
+    let w = World::new(vec![out.clone()], rwo(&["workdir-2"]));
+    assert_eq!(expect_skip(decide_json(&pod_json(&out, "clone", &["workdir-2"]), &w)).reason, SkipReason::OptedOut);
+}

@@ -46,6 +46,35 @@ pub fn run_json(name: &str, bindings: &[(&str, &str)], tasks: &[(&str, &[&str])]
     })
 }
 
+/// The same run as an Argo Workflow: `bindings` become `spec.volumes` (claims), `tasks`
+/// templates whose container mounts those volumes.
+pub fn workflow_json(name: &str, bindings: &[(&str, &str)], tasks: &[(&str, &[&str])]) -> Value {
+    let volumes: Vec<Value> =
+        bindings.iter().map(|(ws, claim)| json!({"name": ws, "persistentVolumeClaim": {"claimName": claim}})).collect();
+    let templates: Vec<Value> = tasks
+        .iter()
+        .map(|(t, ws)| {
+            let mounts: Vec<Value> = ws.iter().map(|w| json!({"name": w, "mountPath": format!("/{w}")})).collect();
+            json!({"name": t, "container": {"image": "busybox", "volumeMounts": mounts}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name, "namespace": NS, "uid": uid(name),
+            "creationTimestamp": "2026-01-01T00:00:00Z", "annotations": {}},
+        "spec": {"entrypoint": "main", "volumes": volumes, "templates": templates},
+        "status": {"phase": "Running"}
+    })
+}
+
+/// An Argo Workflow's JSON as the Argo adapter reads it.
+pub fn to_argo_run(v: &Value) -> Run {
+    use affinity_assistant::engine::Engine;
+    let obj: kube::api::DynamicObject = serde_json::from_value(v.clone()).expect("a Workflow");
+    affinity_assistant::engine::argo::Argo.run(&obj.metadata, &obj.data).expect("identifiable Workflow")
+}
+
 pub fn uid(name: &str) -> String {
     format!("uid-{name}")
 }
@@ -134,8 +163,11 @@ impl World {
     }
 }
 
-/// A task pod in Tekton's shape for `run`, mounting `claims`.
+/// A task pod in its engine's shape (Tekton's or Argo's) for `run`, mounting `claims`.
 pub fn pod_json(run: &Run, task: &str, claims: &[&str]) -> Value {
+    if run.engine == "argo" {
+        return argo_pod_json(run, task, claims);
+    }
     let mut volumes = vec![
         json!({"name": "tekton-internal-workspace", "emptyDir": {}}),
         json!({"name": "tekton-internal-home", "emptyDir": {}}),
@@ -171,6 +203,28 @@ pub fn pod_json(run: &Run, task: &str, claims: &[&str]) -> Value {
             "containers": [{"name": "step-run", "image": "busybox", "command": ["/tekton/bin/entrypoint"]}],
             "volumes": volumes
         }
+    })
+}
+
+/// A task pod as Argo makes it: the workflow label, the Workflow as owner, node annotations;
+/// the run's annotations are NOT copied (Argo does not); the pod's own volumes.
+pub fn argo_pod_json(run: &Run, task: &str, claims: &[&str]) -> Value {
+    let mut volumes = vec![json!({"name": "var-run-argo", "emptyDir": {}})];
+    for (i, c) in claims.iter().enumerate() {
+        volumes.push(json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": c}}));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{}-{task}-1234", run.name),
+            "namespace": run.namespace,
+            "labels": {"workflows.argoproj.io/workflow": run.name, "workflows.argoproj.io/completed": "false"},
+            "annotations": {"workflows.argoproj.io/node-name": format!("{}.{task}", run.name)},
+            "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": run.name,
+                "uid": run.uid, "controller": true, "blockOwnerDeletion": true}]
+        },
+        "spec": {"containers": [{"name": "main", "image": "busybox"}], "volumes": volumes}
     })
 }
 
