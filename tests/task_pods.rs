@@ -178,15 +178,19 @@ fn run_opted_out_through_its_pipeline_annotation() {
     // render and Tekton merge the Pipeline's annotations into the run, and Tekton copies them
     // to the pods: both the plan and the pod say "opted out".
     use affinity_assistant::engine::tekton::{Pipeline, PipelineRun};
-    let mut pr = PipelineRun::from_value(&json!({"metadata": {"name": "r", "namespace": NS, "uid": "u"},
+    let pr = PipelineRun::from_value(&json!({"metadata": {"name": "r", "namespace": NS, "uid": "u"},
         "spec": {"pipelineRef": {"name": "p"}, "workspaces": [{"name": "w", "persistentVolumeClaim": {"claimName": "c"}}]}}))
     .unwrap();
     let p =
         Pipeline::from_value(&json!({"metadata": {"name": "p", "annotations": {names::ANNOTATION_ENABLED: "false"}},
         "spec": {"tasks": [{"name": "t", "workspaces": [{"name": "w"}]}]}}))
         .unwrap();
-    pr.resolve_with(&p);
-    let r = pr.to_run().unwrap();
+    let mut r = pr.to_run().unwrap();
+    affinity_assistant::engine::Engine::resolve(
+        &affinity_assistant::engine::tekton::Tekton,
+        &mut r,
+        &p.to_definition(),
+    );
     let w = World::new(vec![r.clone()], rwo(&["c"]));
     assert!(w.plan().placeholders.is_empty());
     assert_eq!(skip_reason(&pod_json(&r, "t", &["c"]), &w), SkipReason::OptedOut);

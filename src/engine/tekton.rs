@@ -15,7 +15,6 @@ use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 pub const API_VERSION: &str = "tekton.dev/v1";
@@ -363,54 +362,6 @@ pub struct Pipeline {
     pub spec: PipelineSpec,
 }
 
-impl kube::Resource for Pipeline {
-    type DynamicType = ();
-    type Scope = kube::core::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        KIND_PIPELINE.into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "tekton.dev".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pipelines".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-impl kube::Resource for PipelineRun {
-    type DynamicType = ();
-    type Scope = kube::core::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        KIND_PIPELINE_RUN.into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "tekton.dev".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pipelineruns".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
 impl PipelineRun {
     pub fn name(&self) -> &str {
         self.metadata.name.as_deref().unwrap_or("")
@@ -431,20 +382,6 @@ impl PipelineRun {
         })
     }
 
-    /// Plays Tekton's part for a `pipelineRef` run that Tekton has not resolved yet (used by
-    /// `render`): stores the Pipeline's spec as `status.pipelineSpec` and merges its
-    /// annotations under the run's own (the run wins).
-    pub fn resolve_with(&mut self, pipeline: &Pipeline) {
-        let status = self.status.get_or_insert_with(Default::default);
-        if status.pipeline_spec.is_none() {
-            status.pipeline_spec = Some(pipeline.spec.clone());
-        }
-        let annotations = self.metadata.annotations.get_or_insert_with(Default::default);
-        for (k, v) in pipeline.metadata.annotations.iter().flatten() {
-            annotations.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-
     /// The Pipeline this run names when Tekton has not written `status.pipelineSpec` yet and
     /// the add-on can resolve it itself: a `pipelineRef` by name, without a resolver (git,
     /// bundles, hub and cluster resolutions exist only inside Tekton until the status is written).
@@ -454,14 +391,6 @@ impl PipelineRun {
         }
         let r = self.spec.pipeline_ref.as_ref()?;
         (r.resolver.is_empty() && !r.name.is_empty()).then_some(r.name.as_str())
-    }
-
-    /// A `pipelineRef` with a resolver whose spec Tekton has not written yet: only waiting
-    /// for the status tells what it runs.
-    pub fn awaits_resolver(&self) -> bool {
-        self.spec.pipeline_spec.is_none()
-            && self.status.as_ref().is_none_or(|s| s.pipeline_spec.is_none())
-            && self.spec.pipeline_ref.as_ref().is_some_and(|r| !r.resolver.is_empty())
     }
 
     /// The engine-neutral run. Fails only when the run cannot be identified (no name).
@@ -685,21 +614,23 @@ mod tests {
 
     #[test]
     fn status_pipeline_spec_wins_and_resolve_merges_annotations() {
-        let mut pr = PipelineRun::from_value(&json!({
-            "metadata": {"name": "r", "annotations": {"a": "run"}},
+        let pr = PipelineRun::from_value(&json!({
+            "metadata": {"name": "r", "annotations": {"affinity-assistant.dev/mode": "pipelineruns"}},
             "spec": {"pipelineRef": {"name": "p"}}
         }))
         .unwrap();
         let p = Pipeline::from_value(&json!({
-            "metadata": {"name": "p", "annotations": {"a": "pipeline", "b": "pipeline"}},
+            "metadata": {"name": "p", "annotations": {"affinity-assistant.dev/mode": "workspaces",
+                "affinity-assistant.dev/enabled": "false"}},
             "spec": {"tasks": [{"name": "t", "workspaces": [{"name": "w"}]}]}
         }))
         .unwrap();
-        pr.resolve_with(&p);
-        let run = pr.to_run().unwrap();
+        let mut run = pr.to_run().unwrap();
+        assert_eq!((run.phase.clone(), run.definition.as_deref()), (RunPhase::AwaitingSpec, Some("p")));
+        Tekton.resolve(&mut run, &p.to_definition());
         assert_eq!(run.phase, RunPhase::Active);
-        assert_eq!(run.annotations["a"], "run");
-        assert_eq!(run.annotations["b"], "pipeline");
+        assert_eq!(run.annotations[crate::names::ANNOTATION_MODE], "pipelineruns", "the run wins");
+        assert_eq!(run.annotations[crate::names::ANNOTATION_ENABLED], "false", "the Pipeline's is merged");
         assert_eq!(run.tasks.len(), 1);
     }
 
