@@ -18,15 +18,14 @@
 //!   Kubeflow Pipelines adds its `kfp-workspace`) counts as using every claim of the run.
 
 use super::{
-    ClaimRef, ClaimTemplate, Engine, EngineGrant, EngineSkip, Kind, ParseError, PodSelector, RunRef, nullable,
+    ClaimRef, ClaimTemplate, Engine, EngineGrant, EngineSkip, Kind, ParseError, PodScheduling, PodSelector, RunRef,
+    nullable,
 };
 use crate::model::{Binding, ClaimSource, Definition, Run, RunPhase, Scheduling, TaskUsage};
 use crate::pod::{PodMeta, TaskPod};
-use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use std::collections::BTreeMap;
 
 pub const API_VERSION: &str = "argoproj.io/v1alpha1";
 pub const KIND_WORKFLOW: &str = "Workflow";
@@ -209,14 +208,8 @@ pub struct WorkflowSpec {
     /// Workflow-wide: changes every pod at run time (mounts included).
     #[serde(default)]
     pub pod_spec_patch: Option<IgnoredAny>,
-    #[serde(default, deserialize_with = "nullable")]
-    pub node_selector: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "nullable")]
-    pub tolerations: Vec<Toleration>,
-    #[serde(default)]
-    pub affinity: Option<Affinity>,
-    #[serde(default)]
-    pub priority_class_name: Option<String>,
+    #[serde(flatten)]
+    pub scheduling: PodScheduling,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -257,14 +250,8 @@ pub struct Template {
     pub volumes: Vec<Volume>,
     #[serde(default)]
     pub pod_spec_patch: Option<IgnoredAny>,
-    #[serde(default, deserialize_with = "nullable")]
-    pub node_selector: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "nullable")]
-    pub tolerations: Vec<Toleration>,
-    #[serde(default)]
-    pub affinity: Option<Affinity>,
-    #[serde(default)]
-    pub priority_class_name: Option<String>,
+    #[serde(flatten)]
+    pub scheduling: PodScheduling,
     /// Templates that only orchestrate (no pod of their own).
     #[serde(default)]
     pub steps: Option<IgnoredAny>,
@@ -379,13 +366,7 @@ impl Template {
     }
 
     fn scheduling(&self) -> Option<Box<Scheduling>> {
-        let s = Scheduling {
-            node_selector: self.node_selector.clone(),
-            tolerations: self.tolerations.clone(),
-            affinity: self.affinity.clone(),
-            image_pull_secrets: Vec::new(),
-            priority_class_name: self.priority_class_name.clone().filter(|p| !p.is_empty()),
-        };
+        let s = self.scheduling.to_scheduling(Vec::new());
         (s != Scheduling::default()).then(|| Box::new(s))
     }
 }
@@ -431,13 +412,7 @@ impl Workflow {
             phase,
             bindings,
             tasks,
-            scheduling: Scheduling {
-                node_selector: spec.node_selector.clone(),
-                tolerations: spec.tolerations.clone(),
-                affinity: spec.affinity.clone(),
-                image_pull_secrets: Vec::new(),
-                priority_class_name: spec.priority_class_name.clone().filter(|p| !p.is_empty()),
-            },
+            scheduling: spec.scheduling.to_scheduling(Vec::new()),
             engine_assistant: false,
             // A cluster-scoped template is not watched: its runs wait for Argo's stored spec.
             definition: template_ref.filter(|r| !r.cluster_scope).map(|r| r.name.as_str().into()),

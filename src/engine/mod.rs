@@ -191,6 +191,37 @@ pub struct TemplateSpec {
     pub access_modes: Vec<String>,
 }
 
+/// The pod scheduling fields engines' specs share (Tekton's `podTemplate`, Argo's workflow and
+/// template specs), flattened into each.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodScheduling {
+    #[serde(default, deserialize_with = "nullable")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    #[serde(default)]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    #[serde(default)]
+    pub priority_class_name: Option<String>,
+}
+
+impl PodScheduling {
+    /// The neutral scheduling, with the image pull secrets the engine has beside these.
+    pub fn to_scheduling(
+        &self,
+        image_pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
+    ) -> crate::model::Scheduling {
+        crate::model::Scheduling {
+            node_selector: self.node_selector.clone(),
+            tolerations: self.tolerations.clone(),
+            affinity: self.affinity.clone(),
+            image_pull_secrets,
+            priority_class_name: self.priority_class_name.clone().filter(|p| !p.is_empty()),
+        }
+    }
+}
+
 /// A document that could not be read as the type it claims to be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

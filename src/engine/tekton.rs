@@ -5,13 +5,13 @@
 //! a cached run costs a few hundred bytes, not kilobytes.
 
 use super::{
-    ClaimRef, ClaimTemplate, Engine, EngineGrant, EngineSkip, Kind, OwnAssistant, ParseError, PodSelector, RunRef,
-    nullable,
+    ClaimRef, ClaimTemplate, Engine, EngineGrant, EngineSkip, Kind, OwnAssistant, ParseError, PodScheduling,
+    PodSelector, RunRef, nullable,
 };
 use crate::model::{Binding, ClaimSource, Definition, Run, RunPhase, Scheduling, TaskUsage};
 use crate::pod::{PodMeta, TaskPod};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
+use k8s_openapi::api::core::v1::LocalObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -260,27 +260,15 @@ pub struct TaskRunSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplate {
-    #[serde(default, deserialize_with = "nullable")]
-    pub node_selector: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "nullable")]
-    pub tolerations: Vec<Toleration>,
-    #[serde(default)]
-    pub affinity: Option<Affinity>,
+    #[serde(flatten)]
+    pub scheduling: PodScheduling,
     #[serde(default, deserialize_with = "nullable")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    #[serde(default)]
-    pub priority_class_name: Option<String>,
 }
 
 impl From<&PodTemplate> for Scheduling {
     fn from(t: &PodTemplate) -> Scheduling {
-        Scheduling {
-            node_selector: t.node_selector.clone(),
-            tolerations: t.tolerations.clone(),
-            affinity: t.affinity.clone(),
-            image_pull_secrets: t.image_pull_secrets.clone(),
-            priority_class_name: t.priority_class_name.clone().filter(|p| !p.is_empty()),
-        }
+        t.scheduling.to_scheduling(t.image_pull_secrets.clone())
     }
 }
 
