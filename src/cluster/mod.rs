@@ -503,10 +503,13 @@ impl Caches {
             .in_namespace(ns)
             .iter()
             .filter_map(|sts| {
-                let mut p = crate::views::placeholder_from_statefulset(sts, |name| {
-                    bound_node(name, &pods).and_then(|n| self.nodes.get("", &n)).map(|n| Arc::new(node_info(&n)))
+                // Its pod, found once: its node, whether it exists, why it cannot run.
+                let name = sts.metadata.name.as_deref().unwrap_or_default();
+                let pod = placeholder_pod(name, &pods);
+                let mut p = crate::views::placeholder_from_statefulset(sts, |_| {
+                    let node = pod?.spec.as_ref()?.node_name.as_deref()?;
+                    self.nodes.get("", node).map(|n| Arc::new(node_info(&n)))
                 })?;
-                let pod = placeholder_pod(&p.name, &pods);
                 p.pod_exists = pod.is_some();
                 p.refused = match pod {
                     None => refused_create(sts, &failed),
@@ -649,11 +652,6 @@ pub fn placeholder_pod<'p>(placeholder: &str, pods: &'p [Arc<Pod>]) -> Option<&'
     });
     let (live, terminating): (Vec<_>, Vec<_>) = of.by_ref().partition(|p| p.metadata.deletion_timestamp.is_none());
     live.into_iter().chain(terminating).next().map(|p| &**p)
-}
-
-/// The node a placeholder's pod is bound to.
-pub fn bound_node(placeholder: &str, pods: &[Arc<Pod>]) -> Option<String> {
-    placeholder_pod(placeholder, pods).and_then(|p| p.spec.as_ref()?.node_name.clone())
 }
 
 fn grace() -> SignedDuration {

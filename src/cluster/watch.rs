@@ -258,7 +258,7 @@ pub fn start(
         if let Some(a) = e.own_assistant() {
             let selector = WatcherConfig::default().labels(&a.placeholder_selector());
             for (scope, api) in apis::<StatefulSet>(&client, ns) {
-                let (c, scope) = (caches.clone(), scope.with_prefix(""));
+                let c = caches.clone();
                 let store = move |ev| {
                     let touched = c.engine_placeholders.apply_scoped(&scope, ev);
                     c.changed();
