@@ -6,8 +6,9 @@
 //!   reference, the Workflow (its uid); Argo's agent and artifact-GC pods also carry
 //!   `workflows.argoproj.io/component` and never mount user volumes;
 //! - `volumeClaimTemplates[i]` becomes the PVC `<workflow>-<template metadata.name>`;
-//!   `spec.volumes` and `templates[].volumes` name existing claims (a `{{...}}` parameter is
-//!   only resolved when the pod is built: the pod's own volumes are the truth at admission);
+//!   `spec.volumes` and `templates[].volumes` name existing claims (`{{workflow.parameters.x}}`
+//!   is filled in from the Workflow's arguments, as Argo does; anything else in `{{...}}` is only
+//!   known when the pod is built, and such a claim is not held);
 //! - a Workflow is active with phase `""`, `Pending` or `Running` (its first pods come before any
 //!   status), done with `Succeeded`, `Failed` or `Error`, and `argo retry` reopens it (same uid);
 //! - with `workflowTemplateRef` the effective spec is `status.storedWorkflowTemplateSpec`, written
@@ -205,11 +206,30 @@ pub struct WorkflowSpec {
     pub volume_claim_templates: Vec<ClaimTemplate>,
     #[serde(default)]
     pub workflow_template_ref: Option<TemplateRef>,
+    /// `{{workflow.parameters.NAME}}` in a claim name is one of these.
+    #[serde(default)]
+    pub arguments: Option<Arguments>,
     /// Workflow-wide: changes every pod at run time (mounts included).
     #[serde(default)]
     pub pod_spec_patch: Option<IgnoredAny>,
     #[serde(flatten)]
     pub scheduling: PodScheduling,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Arguments {
+    #[serde(default, deserialize_with = "nullable")]
+    pub parameters: Vec<Parameter>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Parameter {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -311,14 +331,32 @@ impl WorkflowSpec {
             });
         }
         for v in &self.volumes {
-            out.push(Binding { workspace: v.name.as_str().into(), source: volume_source(v) });
+            out.push(Binding { workspace: v.name.as_str().into(), source: self.volume_source(v) });
         }
         for t in &self.templates {
             for v in &t.volumes {
-                out.push(Binding { workspace: template_workspace(&t.name, &v.name).into(), source: volume_source(v) });
+                let workspace = template_workspace(&t.name, &v.name).into();
+                out.push(Binding { workspace, source: self.volume_source(v) });
             }
         }
         out
+    }
+
+    /// A volume's claim, with `{{workflow.parameters.NAME}}` filled in from the Workflow's
+    /// arguments as Argo does. A claim named by anything only known when Argo builds the pod
+    /// (`{{inputs.parameters.*}}`, a step's output) is no binding the add-on can hold.
+    fn volume_source(&self, v: &Volume) -> ClaimSource {
+        let Some(claim) = v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()).filter(|c| !c.is_empty())
+        else {
+            return ClaimSource::Other;
+        };
+        let mut name = claim.to_string();
+        for p in self.arguments.iter().flat_map(|a| &a.parameters) {
+            if let Some(value) = &p.value {
+                name = name.replace(&format!("{{{{workflow.parameters.{}}}}}", p.name), value);
+            }
+        }
+        if is_parameter(&name) { ClaimSource::Other } else { ClaimSource::Claim(name.into()) }
     }
 
     /// Each template's mounts, as workspaces; `None` where the spec cannot tell.
@@ -343,13 +381,6 @@ impl WorkflowSpec {
                 TaskUsage { name: t.name.clone(), finally: false, workspaces, scheduling: t.scheduling() }
             })
             .collect()
-    }
-}
-
-fn volume_source(v: &Volume) -> ClaimSource {
-    match v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()) {
-        Some(c) if !c.is_empty() && !is_parameter(c) => ClaimSource::Claim(c.into()),
-        _ => ClaimSource::Other,
     }
 }
 
@@ -439,10 +470,11 @@ mod tests {
     }
 
     fn ci_spec() -> serde_json::Value {
-        json!({"spec": {"entrypoint": "ci",
+        json!({"spec": {"entrypoint": "ci", "arguments": {"parameters": [{"name": "team", "value": "web"}]},
             "volumeClaimTemplates": [{"metadata": {"name": "workdir"}, "spec": {"accessModes": ["ReadWriteOnce"]}}],
             "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "go-cache"}},
-                {"name": "param", "persistentVolumeClaim": {"claimName": "{{workflow.parameters.pvc}}"}},
+                {"name": "param", "persistentVolumeClaim": {"claimName": "{{inputs.parameters.pvc}}"}},
+                {"name": "wfparam", "persistentVolumeClaim": {"claimName": "cache-{{workflow.parameters.team}}"}},
                 {"name": "cfg", "configMap": {"name": "c"}}],
             "templates": [
                 {"name": "ci", "steps": [[{"name": "clone", "template": "clone"}]]},
@@ -467,6 +499,7 @@ mod tests {
                 ("workdir", Some("ci-1-workdir")),
                 ("cache", Some("go-cache")),
                 ("param", None),
+                ("wfparam", Some("cache-web")),
                 ("cfg", None),
                 ("own/scratch", Some("scratch")),
             ]
