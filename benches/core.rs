@@ -107,6 +107,7 @@ fn active_run(name: String, uid: String, created: String, bindings: Vec<Binding>
         engine_assistant: false,
         definition: None,
         task_overrides: Vec::new(),
+        claims_from_pods: false,
     }
 }
 
@@ -186,6 +187,7 @@ fn namespace_state<'a>(
         claims,
         placeholders,
         pinned_pods: &[],
+        task_pods: &[],
         missing_claims: MissingClaims::Wait,
     }
 }

@@ -108,6 +108,7 @@ fn namespace_plan() -> Plan {
         claims: &claims,
         placeholders,
         pinned_pods: &[],
+        task_pods: &[],
         missing_claims: MissingClaims::Wait,
     };
     let first = plan(&state(&[]));

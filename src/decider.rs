@@ -116,12 +116,25 @@ impl CacheDecider {
         }
     }
 
-    fn plan(&self, ns: &str, reads: &Reads) -> Arc<Plan> {
-        if reads.fetched.is_empty() {
-            return self.caches.plan(ns);
+    /// The plan for the pod, and whether the pod is the first to name the claims of the
+    /// placeholder it would go to (`Some(plan without it)`: the controller learns of that
+    /// placeholder only once the pod exists, so there is nothing to wait for).
+    fn plan(&self, ns: &str, pod: &TaskPod<'_>, reads: &Reads) -> (Arc<Plan>, Option<Arc<Plan>>) {
+        let plan = if reads.fetched.is_empty() {
+            self.caches.plan(ns)
+        } else {
+            let inputs = self.caches.inputs_with(ns, k8s_openapi::jiff::Timestamp::now(), &reads.fetched);
+            Arc::new(inputs.plan(&self.caches.config(), MissingClaims::Wait))
+        };
+        // A claim its run's spec does not name (Argo fills it in when it builds the pod): the
+        // plan is made again with this pod among its run's pods. Rare, so not cached.
+        if core::pin::unplanned_claims(pod, &plan).is_empty() {
+            return (plan, None);
         }
-        let inputs = self.caches.inputs_with(ns, k8s_openapi::jiff::Timestamp::now(), &reads.fetched);
-        Arc::new(inputs.plan(&self.caches.config(), MissingClaims::Wait))
+        let Some(mounts) = pod.mounts() else { return (plan, None) };
+        let mut inputs = self.caches.inputs_with(ns, k8s_openapi::jiff::Timestamp::now(), &reads.fetched);
+        inputs.mounts.push(mounts);
+        (Arc::new(inputs.plan(&self.caches.config(), MissingClaims::Wait)), Some(plan))
     }
 
     /// The pod's run, from the cache or what was read.
@@ -195,9 +208,12 @@ impl CacheDecider {
         read
     }
 
-    /// What the decision still waits for, if anything.
-    fn waiting(&self, pod: &TaskPod<'_>, plan: &Plan, d: &Decision) -> Option<Waiting> {
+    /// What the decision still waits for, if anything. `without`: the plan without the pod,
+    /// when the pod is the first to name some of its claims.
+    fn waiting(&self, pod: &TaskPod<'_>, plan: &Plan, without: Option<&Plan>, d: &Decision) -> Option<Waiting> {
         match d {
+            // A placeholder only this pod calls for: nobody creates it before the pod exists.
+            Decision::Pin(pin) if without.is_some_and(|w| w.placeholder(&pin.placeholder).is_none()) => None,
             Decision::Pin(pin) if !pin.placeholder_ready => Some(Waiting::PlaceholderPod),
             Decision::Pin(_) => None,
             Decision::Skip(s) if s.reason == SkipReason::RunNotManaged => {
@@ -242,7 +258,7 @@ impl Decider for CacheDecider {
         loop {
             changes.borrow_and_update();
             let alive = self.controller_alive();
-            let plan = self.plan(ns, &reads);
+            let (plan, without) = self.plan(ns, pod, &reads);
             let d = core::decide(pod, &plan, alive);
             let lookup = matches!(
                 d.skip_reason(),
@@ -256,7 +272,7 @@ impl Decider for CacheDecider {
             if lookup && self.read_missing(pod, &plan, &d, &mut reads, deadline).await {
                 continue;
             }
-            let Some(waiting) = self.waiting(pod, &plan, &d) else {
+            let Some(waiting) = self.waiting(pod, &plan, without.as_deref(), &d) else {
                 if let (Some(w), Some(m)) = (waited, &self.metrics) {
                     m.observe(w.as_str(), "decided", started.elapsed());
                 }

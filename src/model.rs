@@ -162,6 +162,10 @@ pub struct Run {
     /// Per-task scheduling overrides, by task name, applied to a definition's tasks when the
     /// run is resolved against it (Tekton `taskRunSpecs[].podTemplate`).
     pub task_overrides: Vec<(String, Scheduling)>,
+    /// Its pods may mount claims its spec does not name (a claim name the engine fills in when
+    /// it builds the pod, a patch applied to the pod): a PVC one of its task pods mounts is a
+    /// claim of the run all the same, grouped with the claims that pod mounts with it.
+    pub claims_from_pods: bool,
 }
 
 impl Run {
@@ -222,6 +226,9 @@ pub enum ClaimSource {
     Claim(Name),
     /// A PVC the engine creates per run from a template.
     Template { claim: Name, access_modes: Vec<String> },
+    /// A PVC the engine names only when it builds a pod (an Argo `{{inputs.parameters.x}}`):
+    /// the pods' own volumes say which ([`Run::claims_from_pods`]). The name as written.
+    NamedByPod(Name),
     /// emptyDir, configMap, secret, projected, csi: nothing to hold.
     Other,
 }
@@ -234,7 +241,7 @@ impl ClaimSource {
     pub fn claim_name(&self) -> Option<&Name> {
         match self {
             ClaimSource::Claim(c) | ClaimSource::Template { claim: c, .. } => Some(c),
-            ClaimSource::Other => None,
+            ClaimSource::NamedByPod(_) | ClaimSource::Other => None,
         }
     }
 }
@@ -356,6 +363,28 @@ pub struct ExistingPlaceholder {
     /// (quota, LimitRange, admission), or it stayed unschedulable past a short grace. The
     /// reason, as the cluster said it. Nothing is pinned to it while this holds (I5).
     pub refused: Option<String>,
+}
+
+/// The PVCs a task pod mounts, and its run: an unfinished pod in the cache, or the pod being
+/// admitted. What a run whose claims come from its pods ([`Run::claims_from_pods`]) mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMounts {
+    pub engine: &'static str,
+    pub run_name: Name,
+    /// `None` when the pod does not say (the run is then matched by name).
+    pub run_uid: Option<Name>,
+    /// Sorted, each once.
+    pub claims: Vec<Name>,
+}
+
+impl PodMounts {
+    pub fn is_of(&self, run: &Run) -> bool {
+        self.engine == run.engine
+            && match &self.run_uid {
+                Some(uid) => *uid == run.uid,
+                None => self.run_name == run.name,
+            }
+    }
 }
 
 /// A pinned pod that has not finished: demand for its placeholder (I4).

@@ -184,6 +184,19 @@ impl<'a> TaskPod<'a> {
     }
 
     /// Claim names the pod mounts, each once, in volume order.
+    /// What the pod mounts, as the plan reads it of a run's pods; `None` for a pod of no run.
+    pub fn mounts(&self) -> Option<crate::model::PodMounts> {
+        let run = self.identity.run.as_ref()?;
+        let mut claims: Vec<crate::model::Name> = self.claims().into_iter().map(Into::into).collect();
+        claims.sort();
+        Some(crate::model::PodMounts {
+            engine: self.identity.engine,
+            run_name: run.name.as_str().into(),
+            run_uid: run.uid.as_deref().map(Into::into),
+            claims,
+        })
+    }
+
     pub fn claims(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for v in &self.spec.volumes {

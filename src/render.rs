@@ -393,6 +393,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             claims: &claims,
             placeholders: &[],
             pinned_pods: &[],
+            task_pods: &[],
             missing_claims: MissingClaims::AssumeReadWriteOnce,
         });
         for rp in &plan.runs {

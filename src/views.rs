@@ -201,10 +201,56 @@ pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPo
         .get(names::ANNOTATION_CLAIMS)
         .map(|c| c.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
         .unwrap_or_default();
-    let meta = crate::pod::PodMeta { labels: crate::pod::borrowed_map(labels), ..Default::default() };
-    let run_uid = crate::engine::engines().iter().find_map(|e| e.pod_run(&meta)).and_then(|r| r.uid);
+    let run_uid = crate::engine::identify(&pod_meta(pod)).run.and_then(|r| r.uid);
     let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
     Some(PinnedPod { name, run_uid, placeholder: placeholder.clone(), claims })
+}
+
+/// What the engines read of a typed pod (labels, annotations, owners), borrowed.
+pub fn pod_meta(pod: &k8s_openapi::api::core::v1::Pod) -> crate::pod::PodMeta<'_> {
+    use std::borrow::Cow;
+    let m = &pod.metadata;
+    crate::pod::PodMeta {
+        labels: m.labels.as_ref().map(crate::pod::borrowed_map).unwrap_or_default(),
+        annotations: m.annotations.as_ref().map(crate::pod::borrowed_map).unwrap_or_default(),
+        owner_references: m
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|o| crate::pod::PodOwner {
+                api_version: Cow::Borrowed(&o.api_version),
+                kind: Cow::Borrowed(&o.kind),
+                name: Cow::Borrowed(&o.name),
+                uid: Cow::Borrowed(&o.uid),
+                controller: o.controller,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The PVCs a cached task pod mounts, and its run (`None`: no run's pod, or no claim).
+pub fn mounts_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<crate::model::PodMounts> {
+    let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
+    let mut claims: Vec<crate::model::Name> = volumes
+        .iter()
+        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()))
+        .filter(|c| !c.is_empty())
+        .map(Into::into)
+        .collect();
+    if claims.is_empty() {
+        return None;
+    }
+    claims.sort();
+    claims.dedup();
+    let identity = crate::engine::identify(&pod_meta(pod));
+    let run = identity.run?;
+    Some(crate::model::PodMounts {
+        engine: identity.engine,
+        run_name: run.name.into(),
+        run_uid: run.uid.map(Into::into),
+        claims,
+    })
 }
 
 /// A typed StatefulSet as the core's existing placeholder (the caches hold those): `None` when

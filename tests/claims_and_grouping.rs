@@ -10,6 +10,7 @@ use affinity_assistant::model::RunPhase;
 use affinity_assistant::names;
 use common::*;
 use serde_json::json;
+use std::collections::BTreeSet;
 
 fn placeholder_claims(plan: &affinity_assistant::core::Plan) -> Vec<Vec<String>> {
     plan.placeholders.iter().map(|p| p.claims.iter().map(|c| c.to_string()).collect()).collect()
@@ -586,4 +587,174 @@ fn a_run_keeps_its_own_mode_when_sharing_a_placeholder_made_in_another_mode() {
     let recorded = &again.placeholders[0].run_modes;
     assert_eq!(recorded.get("uid-a"), Some(&Mode::PipelineRuns));
     assert_eq!(recorded.get("uid-b"), Some(&Mode::Workspaces));
+}
+
+// --- Claims named when the pod is built (Argo `{{inputs.parameters.x}}`) -------------------------
+
+/// A Workflow whose `use` template mounts a claim named by its input parameter, and a
+/// `build` template that mounts the workflow volume `cache` (claim `go-cache`) with it.
+fn parameter_workflow(name: &str) -> affinity_assistant::model::Run {
+    to_argo_run(&json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": name, "namespace": NS, "uid": uid(name), "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"entrypoint": "main",
+            "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "go-cache"}}],
+            "templates": [
+                {"name": "main", "steps": [[{"name": "a", "template": "use"}, {"name": "b", "template": "use"}]]},
+                {"name": "use", "inputs": {"parameters": [{"name": "pvc"}]},
+                    "volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "{{inputs.parameters.pvc}}"}}],
+                    "container": {"image": "busybox", "volumeMounts": [{"name": "work", "mountPath": "/work"}]}},
+                {"name": "build", "inputs": {"parameters": [{"name": "pvc"}]},
+                    "volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "{{inputs.parameters.pvc}}"}}],
+                    "container": {"image": "go", "volumeMounts": [{"name": "work", "mountPath": "/work"},
+                        {"name": "cache", "mountPath": "/cache"}]}}]},
+        "status": {"phase": "Running"}
+    }))
+}
+
+/// What the webhook does: the plan, made again with the pod when it names claims the plan
+/// has not judged.
+fn admit(w: &World, p: &affinity_assistant::pod::TaskPod) -> affinity_assistant::core::Decision {
+    use affinity_assistant::core::{decide, pin::unplanned_claims};
+    let plan = w.plan();
+    if unplanned_claims(p, &plan).is_empty() {
+        return decide(p, &plan, true);
+    }
+    let mut with = w.clone();
+    with.mounts.push(p.mounts().expect("a pod of a run"));
+    decide(p, &with.plan(), true)
+}
+
+#[test]
+fn a_claim_named_by_an_input_parameter_is_judged_by_the_pod_that_mounts_it() {
+    let run = parameter_workflow("wf");
+    let mut w = World::new(vec![run.clone()], rwo(&["shared", "go-cache"]));
+    let plan = w.plan();
+    let ignored = &plan.runs[0].ignored;
+    assert!(
+        ignored
+            .iter()
+            .any(|i| i.reason == IgnoreReason::NamedByPod && i.claim.as_deref() == Some("{{inputs.parameters.pvc}}")),
+        "{ignored:?}"
+    );
+    // Only the workflow volume the `build` template mounts is known before any pod.
+    assert_eq!(placeholder_claims(&plan), vec![vec!["go-cache".to_string()]]);
+
+    // The first of two parallel pods: nothing is known of `shared` but the pod itself.
+    let a = pod(&run, "a", &["shared"]);
+    let first = expect_pin(admit(&w, &a));
+    // The second comes before the first reaches the caches: the same placeholder.
+    let b = pod(&run, "b", &["shared"]);
+    assert_eq!(expect_pin(admit(&w, &b)).placeholder, first.placeholder);
+    assert_eq!(first.claims, vec!["shared".to_string()]);
+
+    // Once the pods are seen, the controller's plan makes that placeholder, owned by the run.
+    w.mounts = vec![a.mounts().unwrap(), b.mounts().unwrap()];
+    let plan = w.plan();
+    let p = plan.placeholder(&first.placeholder).expect("planned from the pods");
+    assert_eq!((p.claims.clone(), p.create.is_some()), (name_set(&["shared"]), true));
+    assert_eq!(p.owners.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), vec!["wf"]);
+    assert_eq!(expect_pin(admit(&w, &pod(&run, "c", &["shared"]))).placeholder, first.placeholder);
+}
+
+#[test]
+fn a_claim_first_seen_on_a_pod_stays_the_runs_until_the_run_is_done() {
+    let run = parameter_workflow("wf");
+    let mut w = World::new(vec![run.clone()], rwo(&["shared"]));
+    w.mounts = vec![pod(&run, "a", &["shared"]).mounts().unwrap()];
+    let plan = w.plan();
+    w.apply(&plan, None);
+    // The pods finished and left the caches: the placeholder the run owns still holds it, so
+    // the next step's pods go to the same node, and nothing is deleted or remade between.
+    w.mounts.clear();
+    let plan = w.plan();
+    assert!(plan.delete.is_empty(), "{:?}", plan.delete);
+    let held = plan.runs[0].holders.get("shared").cloned().expect("still the run's claim");
+    assert_eq!(expect_pin(admit(&w, &pod(&run, "next", &["shared"]))).placeholder, held.to_string());
+
+    let mut done = run.clone();
+    done.phase = RunPhase::Done;
+    w.runs = vec![done];
+    assert_eq!(w.plan().delete, vec![held], "its run is done: it goes");
+}
+
+#[test]
+fn a_claim_first_seen_on_a_pod_rides_with_the_placeholder_of_the_claims_it_is_mounted_with() {
+    let run = parameter_workflow("wf");
+    let mut w = World::new(vec![run.clone()], rwo(&["shared", "go-cache"]));
+    let plan = w.plan();
+    w.apply(&plan, None);
+    let cache_holder = plan.placeholders[0].name.to_string();
+    let build = pod(&run, "build", &["shared", "go-cache"]);
+    assert_eq!(expect_pin(admit(&w, &build)).placeholder, cache_holder);
+    w.mounts = vec![build.mounts().unwrap()];
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1, "{:?}", plan.placeholders);
+    assert_eq!(plan.runs[0].riders.get("shared").map(|n| n.to_string()), Some(cache_holder));
+}
+
+#[test]
+fn a_pod_groups_the_claims_it_mounts_together() {
+    let run = parameter_workflow("wf");
+    let w = World::new(vec![run.clone()], rwo(&["shared", "go-cache"]));
+    // The `build` template mounts its parameter claim with the workflow's cache.
+    let pin = expect_pin(admit(&w, &pod(&run, "build", &["shared", "go-cache"])));
+    assert_eq!(pin.claims, vec!["go-cache".to_string(), "shared".to_string()]);
+    let mut with = w.clone();
+    with.mounts = vec![pod(&run, "build", &["shared", "go-cache"]).mounts().unwrap()];
+    assert_eq!(placeholder_claims(&with.plan()), vec![vec!["go-cache".to_string(), "shared".to_string()]]);
+}
+
+#[test]
+fn pods_of_one_template_with_different_claims_get_a_placeholder_each() {
+    // `withItems` over claim names: each pod mounts its own claim, nothing shares a node.
+    let run = parameter_workflow("wf");
+    let mut w = World::new(vec![run.clone()], rwo(&["pvc-1", "pvc-2"]));
+    let one = expect_pin(admit(&w, &pod(&run, "a", &["pvc-1"])));
+    let two = expect_pin(admit(&w, &pod(&run, "b", &["pvc-2"])));
+    assert_ne!(one.placeholder, two.placeholder);
+    w.mounts = vec![pod(&run, "a", &["pvc-1"]).mounts().unwrap(), pod(&run, "b", &["pvc-2"]).mounts().unwrap()];
+    assert_eq!(placeholder_claims(&w.plan()), vec![vec!["pvc-1".to_string()], vec!["pvc-2".to_string()]]);
+}
+
+#[test]
+fn a_claim_first_seen_on_a_pod_keeps_its_holder_across_runs() {
+    // I1: another run's placeholder already holds `shared`.
+    let other = run("holder", &[("w", "shared")], &[("t", &["w"])]);
+    let wf = parameter_workflow("wf");
+    let mut w = World::new(vec![other, wf.clone()], rwo(&["shared"]));
+    let plan = w.plan();
+    w.apply(&plan, None);
+    let holder = plan.placeholders[0].name.clone();
+    assert_eq!(expect_pin(admit(&w, &pod(&wf, "a", &["shared"]))).placeholder, holder.to_string());
+    w.mounts = vec![pod(&wf, "a", &["shared"]).mounts().unwrap()];
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1, "no second holder: {:?}", plan.placeholders);
+    let owners: BTreeSet<&str> = plan.placeholders[0].owners.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(owners, BTreeSet::from(["holder", "wf"]));
+}
+
+#[test]
+fn claims_first_seen_on_a_pod_follow_the_same_access_rules() {
+    let run = parameter_workflow("wf");
+    let mut claims = rwo(&[]);
+    claims.insert("shared-rwx".into(), pvc("shared-rwx", &["ReadWriteMany"]));
+    let w = World::new(vec![run.clone()], claims);
+    let skip = expect_skip(admit(&w, &pod(&run, "a", &["shared-rwx"])));
+    assert_eq!(skip.reason, affinity_assistant::core::SkipReason::NoManagedClaim, "{skip:?}");
+    // Not seen at all: not managed until its PVC is (the webhook reads it directly).
+    let skip = expect_skip(admit(&w, &pod(&run, "a", &["unseen"])));
+    assert_eq!(skip.reason, affinity_assistant::core::SkipReason::NoManagedClaim, "{skip:?}");
+}
+
+#[test]
+fn a_tekton_pod_mounting_a_claim_outside_its_workspaces_is_not_adopted() {
+    // SPEC: a PipelineRun's claims are its workspace bindings; a Task's own volume is not one.
+    let r = run("r", &[("w", "a")], &[("t", &["w"])]);
+    let mut w = World::new(vec![r.clone()], rwo(&["a", "task-volume"]));
+    let p = pod(&r, "t", &["task-volume"]);
+    assert!(affinity_assistant::core::pin::unplanned_claims(&p, &w.plan()).is_empty());
+    w.mounts = vec![p.mounts().unwrap()];
+    assert_eq!(placeholder_claims(&w.plan()), vec![vec!["a".to_string()]]);
+    assert_eq!(expect_skip(admit(&w, &p)).reason, affinity_assistant::core::SkipReason::NoManagedClaim);
 }

@@ -10,7 +10,7 @@ pub mod watch;
 use crate::config::Config;
 use crate::core::{self, MissingClaims, NamespaceState, Plan};
 use crate::engine::{self, Engine};
-use crate::model::{ClaimInfo, Definition, ExistingPlaceholder, NodeInfo, PinnedPod, Run};
+use crate::model::{ClaimInfo, Definition, ExistingPlaceholder, NodeInfo, PinnedPod, PodMounts, Run};
 use crate::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -423,10 +423,7 @@ impl Caches {
             }
         }
         for pod in &task_pods {
-            let labels = pod.metadata.labels.as_ref().map(crate::pod::borrowed_map).unwrap_or_default();
-            let annotations = pod.metadata.annotations.as_ref().map(crate::pod::borrowed_map).unwrap_or_default();
-            let meta = crate::pod::PodMeta { labels, annotations, ..Default::default() };
-            let identity = engine::identify(&meta);
+            let identity = engine::identify(&crate::views::pod_meta(pod));
             if identity.skip == Some(engine::EngineSkip::EngineAssistant)
                 && let Some(r) = identity.run
             {
@@ -529,8 +526,9 @@ impl Caches {
             })
             .collect();
         let pinned = task_pods.iter().filter_map(|p| pinned_pod(p)).collect();
+        let mounts = task_pods.iter().filter_map(|p| crate::views::mounts_from_pod(p)).collect();
         let opted_out = self.opted_out.get("", ns).is_some();
-        Inputs { namespace: ns.to_string(), runs, claims, placeholders, pinned, opted_out, expires }
+        Inputs { namespace: ns.to_string(), runs, claims, placeholders, pinned, mounts, opted_out, expires }
     }
 
     /// The plan of a namespace, recomputed only when something it reads has changed (or a
@@ -592,6 +590,9 @@ pub struct Inputs {
     pub claims: BTreeMap<String, ClaimInfo>,
     pub placeholders: Vec<ExistingPlaceholder>,
     pub pinned: Vec<PinnedPod>,
+    /// What unfinished task pods mount (the webhook adds the pod it admits, where its run's
+    /// claims come from its pods).
+    pub mounts: Vec<PodMounts>,
     /// The namespace is labelled `affinity-assistant.dev/enabled: "false"`: planned as with
     /// `enabled: false` (no new placeholders; existing ones kept for the runs they serve).
     pub opted_out: bool,
@@ -616,6 +617,7 @@ impl Inputs {
             claims: &self.claims,
             placeholders: &self.placeholders,
             pinned_pods: &self.pinned,
+            task_pods: &self.mounts,
             missing_claims: missing,
         })
     }

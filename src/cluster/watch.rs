@@ -459,6 +459,7 @@ fn key_only(engine: &'static str, o: &DynamicObject) -> super::CachedRun {
         engine_assistant: false,
         definition: None,
         task_overrides: Vec::new(),
+        claims_from_pods: false,
     };
     super::CachedRun { key: super::engine_key(engine, o.metadata.name.as_deref().unwrap_or_default()), run }
 }

@@ -2,7 +2,7 @@
 //! claims group before other runs are considered (SPEC "Grouping", within one run).
 
 use crate::config::Mode;
-use crate::model::{ClaimInfo, ClaimSource, Name, Run};
+use crate::model::{Binding, ClaimInfo, ClaimSource, ExistingPlaceholder, Name, PodMounts, Run, TaskUsage};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,6 +48,8 @@ pub enum IgnoreReason {
     Missing,
     /// The PVC was deleted (the run's engine cleaned it up).
     Deleted,
+    /// Named only when the engine builds the pod: the claim its pods mount is managed instead.
+    NamedByPod,
 }
 
 impl std::fmt::Display for IgnoreReason {
@@ -59,6 +61,9 @@ impl std::fmt::Display for IgnoreReason {
             IgnoreReason::NotReadWriteOnce(m) => write!(f, "access modes [{}] have no ReadWriteOnce", m.join(",")),
             IgnoreReason::Missing => f.write_str("the PVC does not exist (yet)"),
             IgnoreReason::Deleted => f.write_str("the PVC was deleted"),
+            IgnoreReason::NamedByPod => {
+                f.write_str("named only when the pod is built: the claim its pods mount is managed at admission")
+            }
         }
     }
 }
@@ -101,11 +106,11 @@ pub fn run_claims<'p>(run: &Run, pvc: impl Fn(&str) -> Option<&'p ClaimInfo>, mi
     let mut out = RunClaims::default();
     for b in &run.bindings {
         let Some(claim) = b.source.claim_name() else {
-            out.ignored.push(IgnoredBinding {
-                workspace: b.workspace.clone(),
-                claim: None,
-                reason: IgnoreReason::NotAClaim,
-            });
+            let (claim, reason) = match &b.source {
+                ClaimSource::NamedByPod(expr) => (Some(expr.clone()), IgnoreReason::NamedByPod),
+                _ => (None, IgnoreReason::NotAClaim),
+            };
+            out.ignored.push(IgnoredBinding { workspace: b.workspace.clone(), claim, reason });
             continue;
         };
         if let Some(m) = out.managed.iter_mut().find(|m| m.name == *claim) {
@@ -131,6 +136,87 @@ pub fn run_claims<'p>(run: &Run, pvc: impl Fn(&str) -> Option<&'p ClaimInfo>, mi
         }
     }
     out
+}
+
+/// The task name of what [`adopt_pod_claims`] adds: claims used together by a pod.
+pub const POD_TASK: &str = "(pod)";
+
+/// The workspace [`adopt_pod_claims`] binds a claim first seen on a pod to.
+fn pod_workspace(claim: &str) -> Name {
+    format!("(pod)/{claim}").into()
+}
+
+/// Runs whose claims come from their pods ([`Run::claims_from_pods`]) with the claims those
+/// pods mount added where no binding names them (SPEC: what a pod mounts is read from the pod
+/// at admission). Each set of claims used together counts as one task: an unfinished pod's
+/// mounts, and the claims of a placeholder the run owns (so a claim stays the run's after the
+/// pods that mounted it finish, and its placeholder stays while the run is active). `None`
+/// when nothing changes, the common case: nothing is copied.
+pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[ExistingPlaceholder]) -> Option<Vec<Run>> {
+    if !runs.iter().any(|r| r.claims_from_pods) {
+        return None;
+    }
+    let mut by_uid: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.claims_from_pods) {
+        by_uid.entry(r.uid.as_str()).or_insert(i);
+    }
+    // Per run, the claim sets that name a claim none of its bindings does.
+    let mut sets: BTreeMap<usize, BTreeSet<Vec<&Name>>> = BTreeMap::new();
+    let undeclared = |run: &Run, claims: &[&Name]| {
+        claims.iter().any(|c| !run.bindings.iter().any(|b| b.source.claim() == Some(c.as_str())))
+    };
+    for p in pods {
+        let found = match &p.run_uid {
+            Some(uid) => by_uid.get(uid.as_str()).copied().filter(|&i| p.is_of(&runs[i])),
+            None => runs.iter().position(|r| r.claims_from_pods && p.is_of(r)),
+        };
+        let claims: Vec<&Name> = p.claims.iter().collect();
+        if let Some(i) = found
+            && undeclared(&runs[i], &claims)
+        {
+            sets.entry(i).or_default().insert(claims);
+        }
+    }
+    for p in placeholders {
+        let claims: Vec<&Name> = p.claims.iter().collect();
+        for o in &p.owners {
+            if let Some(&i) = by_uid.get(o.uid.as_str())
+                && undeclared(&runs[i], &claims)
+            {
+                sets.entry(i).or_default().insert(claims.clone());
+            }
+        }
+    }
+    if sets.is_empty() {
+        return None;
+    }
+    let mut out = runs.to_vec();
+    for (i, sets) in sets {
+        let run = &mut out[i];
+        for set in sets {
+            let mut workspaces = Vec::with_capacity(set.len());
+            for &c in &set {
+                let bound = run.bindings.iter().find(|b| b.source.claim() == Some(c.as_str()));
+                let workspace = match bound {
+                    Some(b) => b.workspace.clone(),
+                    None => {
+                        let workspace = pod_workspace(c);
+                        run.bindings
+                            .push(Binding { workspace: workspace.clone(), source: ClaimSource::Claim(c.clone()) });
+                        workspace
+                    }
+                };
+                workspaces.push(workspace.to_string());
+            }
+            run.tasks.push(TaskUsage {
+                name: POD_TASK.into(),
+                finally: false,
+                workspaces: Some(workspaces),
+                scheduling: None,
+            });
+        }
+    }
+    Some(out)
 }
 
 /// The claims each task mounts (managed or not), by task name; a task whose usage cannot be

@@ -328,6 +328,22 @@ pub fn decide(pod: &TaskPod, plan: &Plan, controller_alive: bool) -> Decision {
     }))
 }
 
+/// Claims the pod mounts that the plan has not judged for its run (neither managed nor left
+/// alone), where the run takes its claims from its pods ([`crate::model::Run::claims_from_pods`]):
+/// the pod is the first to name them, and the plan must be made again with the pod among its
+/// run's pods ([`crate::model::PodMounts`]) before [`decide`] can tell what it gets.
+pub fn unplanned_claims<'p>(pod: &'p TaskPod, plan: &Plan) -> Vec<&'p str> {
+    let Some(run_ref) = &pod.identity.run else { return Vec::new() };
+    let Some(run) = plan.run(&run_ref.name, run_ref.uid.as_deref()) else { return Vec::new() };
+    if !run.claims_from_pods || run.status != RunStatus::Managed {
+        return Vec::new();
+    }
+    let judged = |c: &str| {
+        run.claims.iter().any(|m| m.name == c) || run.ignored.iter().any(|i| i.claim.as_ref().is_some_and(|n| n == c))
+    };
+    pod.claims().into_iter().filter(|c| !judged(c)).collect()
+}
+
 /// A pod that already carries our term: a reinvocation (`reinvocationPolicy: IfNeeded`) after a
 /// later webhook changed it. The pin stays only while the pod can still schedule: no required
 /// podAffinity term of anyone else (the scheduler needs ONE pod matching every term, I2) and

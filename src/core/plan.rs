@@ -11,7 +11,9 @@ use super::claims::{self, IgnoredBinding, ManagedClaim, MissingClaims};
 use super::placeholder::{self, Owner, PlaceholderParts};
 use super::scheduling;
 use crate::config::{AntiAffinity, Config, Mode, parse_bool};
-use crate::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, OwnerRun, PinnedPod, Run, RunPhase, Scheduling};
+use crate::model::{
+    ClaimInfo, ExistingPlaceholder, Name, NodeInfo, OwnerRun, PinnedPod, PodMounts, Run, RunPhase, Scheduling,
+};
 use crate::names::{self, NameSeed};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use std::borrow::Cow;
@@ -19,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Everything the plan is made from: one namespace.
+#[derive(Clone, Copy)]
 pub struct NamespaceState<'a> {
     pub namespace: &'a str,
     pub config: &'a Config,
@@ -26,6 +29,9 @@ pub struct NamespaceState<'a> {
     pub claims: &'a BTreeMap<String, ClaimInfo>,
     pub placeholders: &'a [ExistingPlaceholder],
     pub pinned_pods: &'a [PinnedPod],
+    /// What unfinished task pods mount (and, in the webhook, the pod being admitted): the
+    /// claims of runs that take them from their pods ([`Run::claims_from_pods`]).
+    pub task_pods: &'a [PodMounts],
     pub missing_claims: MissingClaims,
 }
 
@@ -88,6 +94,9 @@ pub struct RunPlan {
     pub home: Option<Name>,
     /// Things a person should know (become Warning Events).
     pub warnings: Vec<String>,
+    /// [`Run::claims_from_pods`]: a claim its pod mounts that this plan has not judged must be
+    /// planned with that pod ([`super::pin::unplanned_claims`]).
+    pub claims_from_pods: bool,
 }
 
 /// A grouping that needs two placeholders together: its pods that need both stay unpinned.
@@ -273,6 +282,13 @@ struct Builder<'a> {
 
 /// The plan for one namespace.
 pub fn plan(state: &NamespaceState<'_>) -> Plan {
+    match claims::adopt_pod_claims(state.runs, state.task_pods, state.placeholders) {
+        Some(runs) => build(&NamespaceState { runs: &runs, ..*state }),
+        None => build(state),
+    }
+}
+
+fn build(state: &NamespaceState<'_>) -> Plan {
     let mut b = Builder {
         state,
         pvcs: state.claims.iter().map(|(name, pvc)| (name.as_str(), pvc)).collect(),
@@ -467,6 +483,7 @@ impl<'a> Builder<'a> {
             unpinnable: BTreeMap::new(),
             home: None,
             warnings,
+            claims_from_pods: run.claims_from_pods,
         };
         rp.status = match run_enabled(run) {
             _ if run.phase != RunPhase::Active => RunStatus::NotActive(run.phase.clone()),

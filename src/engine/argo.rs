@@ -8,7 +8,9 @@
 //! - `volumeClaimTemplates[i]` becomes the PVC `<workflow>-<template metadata.name>`;
 //!   `spec.volumes` and `templates[].volumes` name existing claims (`{{workflow.parameters.x}}`
 //!   is filled in from the Workflow's arguments, as Argo does; anything else in `{{...}}` is only
-//!   known when the pod is built, and such a claim is not held);
+//!   known when the pod is built);
+//! - what a pod mounts is read from the pod: every Workflow takes its claims from its pods
+//!   (`Run::claims_from_pods`), which also covers a `podSpecPatch` that adds a volume;
 //! - a Workflow is active with phase `""`, `Pending` or `Running` (its first pods come before any
 //!   status), done with `Succeeded`, `Failed` or `Error`, and `argo retry` reopens it (same uid);
 //! - with `workflowTemplateRef` the effective spec is `status.storedWorkflowTemplateSpec`, written
@@ -344,7 +346,7 @@ impl WorkflowSpec {
 
     /// A volume's claim, with `{{workflow.parameters.NAME}}` filled in from the Workflow's
     /// arguments as Argo does. A claim named by anything only known when Argo builds the pod
-    /// (`{{inputs.parameters.*}}`, a step's output) is no binding the add-on can hold.
+    /// (`{{inputs.parameters.*}}`, a step's output) is taken from the pods that mount it.
     fn volume_source(&self, v: &Volume) -> ClaimSource {
         let Some(claim) = v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()).filter(|c| !c.is_empty())
         else {
@@ -356,7 +358,7 @@ impl WorkflowSpec {
                 name = name.replace(&format!("{{{{workflow.parameters.{}}}}}", p.name), value);
             }
         }
-        if is_parameter(&name) { ClaimSource::Other } else { ClaimSource::Claim(name.into()) }
+        if is_parameter(&name) { ClaimSource::NamedByPod(name.into()) } else { ClaimSource::Claim(name.into()) }
     }
 
     /// Each template's mounts, as workspaces; `None` where the spec cannot tell.
@@ -448,6 +450,7 @@ impl Workflow {
             // A cluster-scoped template is not watched: its runs wait for Argo's stored spec.
             definition: template_ref.filter(|r| !r.cluster_scope).map(|r| r.name.as_str().into()),
             task_overrides: Vec::new(),
+            claims_from_pods: true,
         })
     }
 }
@@ -504,6 +507,8 @@ mod tests {
                 ("own/scratch", Some("scratch")),
             ]
         );
+        assert_eq!(run.bindings[2].source, ClaimSource::NamedByPod("{{inputs.parameters.pvc}}".into()));
+        assert!(run.claims_from_pods, "what an Argo pod mounts is read from the pod");
         let usage: Vec<(&str, Option<Vec<String>>)> =
             run.tasks.iter().map(|t| (t.name.as_str(), t.workspaces.clone())).collect();
         assert_eq!(

@@ -454,6 +454,7 @@ impl PipelineRun {
             engine_assistant: false,
             definition,
             task_overrides,
+            claims_from_pods: false,
         })
     }
 

@@ -5,7 +5,7 @@
 use affinity_assistant::config::Config;
 use affinity_assistant::core::{self, Decision, MissingClaims, NamespaceState, Pin, Plan, Skip};
 use affinity_assistant::engine::tekton::PipelineRun;
-use affinity_assistant::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, PinnedPod, Run};
+use affinity_assistant::model::{ClaimInfo, ExistingPlaceholder, Name, NodeInfo, PinnedPod, PodMounts, Run};
 use affinity_assistant::pod::TaskPod;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,6 +111,8 @@ pub struct World {
     pub claims: BTreeMap<String, ClaimInfo>,
     pub placeholders: Vec<ExistingPlaceholder>,
     pub pinned: Vec<PinnedPod>,
+    /// Unfinished task pods' mounts (what a run whose claims come from its pods mounts).
+    pub mounts: Vec<PodMounts>,
 }
 
 impl World {
@@ -126,6 +128,7 @@ impl World {
             claims: &self.claims,
             placeholders: &self.placeholders,
             pinned_pods: &self.pinned,
+            task_pods: &self.mounts,
             missing_claims: MissingClaims::Wait,
         })
     }
