@@ -14,6 +14,9 @@
 //! - the pod's placeholder has no pod yet: it waits for that pod (or for the StatefulSet
 //!   controller's refusal), so that the task pod cannot take the last slot of a quota the
 //!   placeholder needs and then wait forever for it. Past the budget it pins all the same.
+//!   Except where the pod is the first to name its claims (an Argo claim named by an input
+//!   parameter): the controller can only learn of that placeholder from the pod, so the pod is
+//!   pinned at once and the placeholder follows it (I4).
 //!
 //! Every wait ends as soon as a cache changes in a way that decides the pod, and all of it stays
 //! within [`CacheDecider::budget`], which the webhook configuration's `timeoutSeconds` covers

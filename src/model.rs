@@ -393,5 +393,10 @@ pub struct PinnedPod {
     pub name: String,
     pub run_uid: Option<String>,
     pub placeholder: String,
+    /// The claims its placeholder mounts (its annotation): what the placeholder is recreated
+    /// with.
     pub claims: BTreeSet<String>,
+    /// The PVCs the pod mounts. Its volumes are on its placeholder's node while it runs, so a
+    /// claim among them that no placeholder holds rides with that placeholder.
+    pub mounted: BTreeSet<String>,
 }

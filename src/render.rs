@@ -386,6 +386,23 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
         let ns_runs: Vec<Run> = runs.iter().filter(|r| &r.namespace == ns).cloned().collect();
         let claims: BTreeMap<String, ClaimInfo> =
             inputs.pvcs.iter().filter(|(n, _)| n == ns).map(|(_, c)| (c.name.clone(), c.clone())).collect();
+        // Pods given as inputs are their runs' pods: what they mount counts as it would in a
+        // cluster (a claim only a pod names).
+        let mounts: Vec<crate::model::PodMounts> =
+            inputs.pods.iter().filter(|p| pod_namespace(p) == ns).filter_map(|p| p.mounts()).collect();
+        for run in ns_runs.iter().filter(|r| r.claims_from_pods) {
+            for b in &run.bindings {
+                let crate::model::ClaimSource::NamedByPod(expr) = &b.source else { continue };
+                if !mounts.iter().any(|m| m.is_of(run)) {
+                    notes.push(format!(
+                        "run {ns}/{}: volume {} names its claim only when the pod is built ({expr}); render cannot \
+                         tell which claim that is unless the run's pods are among the inputs (in a cluster the \
+                         webhook reads it from the pod)",
+                        run.name, b.workspace
+                    ));
+                }
+            }
+        }
         let plan = core::plan(&NamespaceState {
             namespace: ns,
             config: &config,
@@ -393,7 +410,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             claims: &claims,
             placeholders: &[],
             pinned_pods: &[],
-            task_pods: &[],
+            task_pods: &mounts,
             missing_claims: MissingClaims::AssumeReadWriteOnce,
         });
         for rp in &plan.runs {
@@ -408,15 +425,24 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             .iter()
             .flat_map(|run| {
                 let plan = &plan;
+                let pods_given = mounts.iter().any(|m| m.is_of(run));
                 task_claims(run).into_iter().zip(&run.tasks).filter_map(move |((task, claims), usage)| {
                     let claims: Vec<String> = claims.into_iter().collect();
                     let pod = task_pod(run, task, usage.finally, &claims, usage.scheduling.as_deref())?;
-                    Some(PodOutcome {
-                        run: run.name.to_string(),
-                        task: task.to_string(),
-                        claims,
-                        decision: core::decide(&pod, plan, true),
-                    })
+                    let decision = match named_by_pod(run, usage.workspaces.as_deref()) {
+                        // The run's own pods are among the inputs: they say what this task mounts.
+                        Some(_) if pods_given => return None,
+                        Some(expr) => core::Decision::Skip(core::Skip {
+                            reason: core::SkipReason::NoManagedClaim,
+                            message: format!(
+                                "its claim is named only when the pod is built ({expr}): the webhook reads it \
+                                 from the pod's volumes"
+                            ),
+                            undo: None,
+                        }),
+                        None => core::decide(&pod, plan, true),
+                    };
+                    Some(PodOutcome { run: run.name.to_string(), task: task.to_string(), claims, decision })
                 })
             })
             .collect();
@@ -434,6 +460,19 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
         reports.push(NamespaceReport { plan, tasks, pods });
     }
     Ok(Report { namespaces: reports, notes, config })
+}
+
+/// The claim expression of a volume a task mounts whose claim is named only when the pod is
+/// built (every volume of the run when its usage cannot be read).
+fn named_by_pod<'r>(run: &'r Run, workspaces: Option<&[String]>) -> Option<&'r crate::model::Name> {
+    run.bindings.iter().find_map(|b| match &b.source {
+        crate::model::ClaimSource::NamedByPod(expr)
+            if workspaces.is_none_or(|ws| ws.iter().any(|w| *w == b.workspace)) =>
+        {
+            Some(expr)
+        }
+        _ => None,
+    })
 }
 
 fn pod_namespace<'p>(pod: &'p TaskPod<'_>) -> &'p str {

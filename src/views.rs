@@ -203,7 +203,14 @@ pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPo
         .unwrap_or_default();
     let run_uid = crate::engine::identify(&pod_meta(pod)).run.and_then(|r| r.uid);
     let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
-    Some(PinnedPod { name, run_uid, placeholder: placeholder.clone(), claims })
+    let mounted = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+        .filter(|c| !c.is_empty())
+        .collect();
+    Some(PinnedPod { name, run_uid, placeholder: placeholder.clone(), claims, mounted })
 }
 
 /// What the engines read of a typed pod (labels, annotations, owners), borrowed.

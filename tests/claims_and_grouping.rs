@@ -758,3 +758,32 @@ fn a_tekton_pod_mounting_a_claim_outside_its_workspaces_is_not_adopted() {
     assert_eq!(placeholder_claims(&w.plan()), vec![vec!["a".to_string()]]);
     assert_eq!(expect_skip(admit(&w, &p)).reason, affinity_assistant::core::SkipReason::NoManagedClaim);
 }
+
+#[test]
+fn a_claim_a_pinned_pod_mounts_goes_with_its_placeholder_whichever_run_asks_first() {
+    // A younger Workflow's pod (pipelineruns mode: its own placeholder, holding nothing) mounts
+    // `shared`, which rides there; then an older Workflow's pod mounts `shared` too. Runs are
+    // planned oldest first, but the volume is where the pinned pod runs: it must go there.
+    let old = parameter_workflow("old");
+    let mut young = parameter_workflow("young");
+    young.created = Some("2026-01-02T00:00:00Z".into());
+    young.annotations.insert(names::ANNOTATION_MODE.into(), "pipelineruns".into());
+    let mut w = World::new(vec![old.clone(), young.clone()], rwo(&["shared", "go-cache"]));
+    let plan = w.plan();
+    w.apply(&plan, None);
+    let home = plan.run("young", None).unwrap().home.clone().expect("young's own placeholder");
+    let p = pod(&young, "a", &["shared"]);
+    let pin = expect_pin(admit(&w, &p));
+    assert_eq!(pin.placeholder, home.to_string());
+    w.mounts.push(p.mounts().unwrap());
+    w.pinned.push(affinity_assistant::model::PinnedPod {
+        name: "young-a".into(),
+        run_uid: Some(young.uid.to_string()),
+        placeholder: pin.placeholder.clone(),
+        claims: BTreeSet::new(),
+        mounted: set(&["shared"]),
+    });
+    let pin = expect_pin(admit(&w, &pod(&old, "b", &["shared"])));
+    assert_eq!(pin.placeholder, home.to_string(), "the older run's pod follows the volume");
+    assert_eq!(expect_pin(admit(&w, &p)).placeholder, home.to_string());
+}

@@ -220,6 +220,71 @@ proptest! {
         }
     }
 
+    /// Claims first seen on a pod (an Argo claim named when the pod is built): pods admitted one
+    /// after another, each decided as the webhook does (planned again with the pod when it names
+    /// claims the plan has not judged), the controller sometimes carrying out its plan between
+    /// two. Every pin keeps I1 and I2 in the plan it was made with, the controller's next plan
+    /// (with the pod in its caches) keeps or creates that very placeholder (I4), and a pod
+    /// admitted again later goes to the same one.
+    #[test]
+    fn claims_first_seen_on_pods_keep_i1_i2_and_i4(
+        w in world(),
+        pods in proptest::collection::vec((0..10usize, proptest::collection::btree_set(0..CLAIMS.len(), 1..3), any::<bool>()), 0..8),
+    ) {
+        use affinity_assistant::core::pin::unplanned_claims;
+        let mut w = w;
+        let argo: Vec<Run> = w.runs.iter().filter(|r| r.engine == "argo").cloned().collect();
+        prop_assume!(!argo.is_empty());
+        let mut pinned: Vec<(TaskPod<'static>, String)> = Vec::new();
+        for (k, (r, claims, apply)) in pods.iter().enumerate() {
+            let run = &argo[r % argo.len()];
+            let mounted: Vec<&str> = claims.iter().map(|&c| CLAIMS[c]).collect();
+            let pod = TaskPod::from_value(&pod_json(run, &format!("p{k}"), &mounted)).unwrap();
+            let cached = w.plan();
+            let plan = if unplanned_claims(&pod, &cached).is_empty() {
+                cached
+            } else {
+                let mut with = w.clone();
+                with.mounts.push(pod.mounts().unwrap());
+                with.plan()
+            };
+            check_i1(&plan)?;
+            w.mounts.push(pod.mounts().unwrap());
+            let after = w.plan();
+            check_i1(&after)?;
+            if let Decision::Pin(pin) = decide(&pod, &plan, true) {
+                let holder = plan.placeholder(&pin.placeholder).expect("pinned to a planned placeholder");
+                let rp = plan.run(&run.name, Some(&run.uid)).unwrap();
+                for c in &mounted {
+                    if rp.claims.iter().any(|m| m.name == *c) {
+                        prop_assert!(holder.claims.contains(*c) || holder.riders.contains(*c), "I2: {} neither holds nor carries {}", &holder.name, c);
+                    }
+                }
+                let kept = after.placeholder(&pin.placeholder);
+                prop_assert!(kept.is_some() && !after.delete.contains(&holder.name), "I4: the controller would not make {}", &pin.placeholder);
+                w.pinned.push(PinnedPod {
+                    name: format!("p{k}"),
+                    run_uid: Some(run.uid.to_string()),
+                    placeholder: pin.placeholder.clone(),
+                    claims: holder.claims.iter().map(|c| c.to_string()).collect(),
+                    mounted: mounted.iter().map(|c| c.to_string()).collect(),
+                });
+                pinned.push((pod, pin.placeholder.clone()));
+            }
+            if *apply {
+                w.apply(&after, None);
+            }
+        }
+        let plan = w.plan();
+        w.apply(&plan, None);
+        let plan = w.plan();
+        for (pod, placeholder) in &pinned {
+            if let Decision::Pin(pin) = decide(pod, &plan, true) {
+                prop_assert_eq!(&pin.placeholder, placeholder, "a pod admitted again goes elsewhere");
+            }
+        }
+    }
+
     /// I6: pods of no pipeline run are never mutated, whatever their labels.
     #[test]
     fn i6_other_pods_are_never_mutated(labels in proptest::collection::btree_map("[a-z./-]{1,20}", "[a-z0-9]{0,10}", 0..5), w in world()) {
@@ -234,7 +299,13 @@ proptest! {
 // --- I4: pinned pods are demand ---------------------------------------------------------------------
 
 fn pinned(name: &str, run: Option<&str>, placeholder: &str, claims: &[&str]) -> PinnedPod {
-    PinnedPod { name: name.into(), run_uid: run.map(uid), placeholder: placeholder.into(), claims: set(claims) }
+    PinnedPod {
+        name: name.into(),
+        run_uid: run.map(uid),
+        placeholder: placeholder.into(),
+        claims: set(claims),
+        mounted: set(claims),
+    }
 }
 
 #[test]

@@ -228,3 +228,26 @@ spec:
     let outcome = render::outcome(&report.namespaces[0].pods[0].decision);
     assert!(outcome.starts_with("pinned to aa-build-cache-"), "{outcome}");
 }
+
+#[test]
+fn a_claim_named_when_the_pod_is_built_is_read_from_the_pods_given() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/argo-parameter-claim.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The Workflow and its PVC without the pods: render cannot know the claim, and says so.
+    let workflow_only = text.split("\n---\napiVersion: v1\nkind: Pod").next().unwrap().to_string();
+    let report = render::render(&[Source { name: "workflow.yaml".into(), text: workflow_only }], None).unwrap();
+    assert!(report.placeholders().is_empty());
+    assert!(report.notes.iter().any(|n| n.contains("{{inputs.parameters.pvc}}")), "{:?}", report.notes);
+    let task = &report.namespaces[0].tasks[0];
+    assert!(render::outcome(&task.decision).contains("named only when the pod is built"), "{task:?}");
+    // With the pods Argo built: one placeholder for the claim they mount, both pinned to it.
+    let report = render::render(&[source(&path)], None).unwrap();
+    let placeholders = report.placeholders();
+    assert_eq!(placeholders.len(), 1);
+    let name = placeholders[0].metadata.name.clone().unwrap();
+    assert_eq!(report.namespaces[0].pods.len(), 2);
+    for p in &report.namespaces[0].pods {
+        assert_eq!(render::outcome(&p.decision), format!("pinned to {name}"));
+    }
+    assert!(report.namespaces[0].tasks.is_empty(), "the pods stand for the template's sample pod");
+}

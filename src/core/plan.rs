@@ -414,6 +414,7 @@ impl<'a> Builder<'a> {
         if let Some(&idx) = self.by_name.get(p.placeholder.as_str()) {
             self.slots[idx].pinned_pods.push(p.name.clone());
             self.slots[idx].pinned_runs.extend(p.run_uid.as_deref());
+            self.carry_mounted(idx, p);
             return;
         }
         if let Some((c, &other)) = p.claims.iter().find_map(|c| self.holder.get(c.as_str()).map(|o| (c, o))) {
@@ -448,7 +449,20 @@ impl<'a> Builder<'a> {
             pod_exists: false,
             refused: None,
         };
-        self.add_slot(slot, p.claims.iter().map(String::as_str));
+        let idx = self.add_slot(slot, p.claims.iter().map(String::as_str));
+        self.carry_mounted(idx, p);
+    }
+
+    /// The claims a pinned pod mounts that nobody holds ride with its placeholder: its volumes
+    /// are on that node while it runs, so whatever else mounts them must go there too, whichever
+    /// run asks first (a rider is otherwise decided anew by every plan).
+    fn carry_mounted(&mut self, idx: usize, p: &'a PinnedPod) {
+        for c in &p.mounted {
+            if !self.holder.contains_key(c.as_str()) {
+                self.holder.insert(c.as_str(), idx);
+                self.slots[idx].riders.insert(Name::from(c));
+            }
+        }
     }
 
     /// Plans run `ri`, the `seq`-th in planning order.
@@ -526,23 +540,30 @@ impl<'a> Builder<'a> {
                     None => s.remainder.push(c),
                 }
             }
-            if group.is_empty() && mode.per_run() {
-                // A per-run placeholder with no claim: named after the run, so found by name.
+            // Per-run modes: a placeholder made while the run had no claim is named after the
+            // run, so found by name. Once it exists it stays the run's one placeholder: claims
+            // seen later (a PVC that appears, a claim only a pod names) ride with it.
+            let mut home = None;
+            if mode.per_run() {
                 s.name.clear();
                 names::push_placeholder_name(&mut s.name, NameSeed::Run { name: &run.name, uid: &run.uid });
                 match self.by_name.get(s.name.as_str()) {
-                    Some(&i) if usable(i) => insert_sorted(&mut s.targets, i),
-                    Some(_) => {}
-                    None if may_create => {
-                        insert_sorted(&mut s.targets, self.add_new(s.name.as_str().into(), &[], mode, ri))
+                    Some(&i) if usable(i) && (group.is_empty() || self.slots[i].existing) => home = Some(i),
+                    None if group.is_empty() && may_create => {
+                        home = Some(self.add_new(s.name.as_str().into(), &[], mode, ri))
                     }
-                    None => {}
+                    _ => {}
                 }
-            } else if !s.remainder.is_empty() && s.targets.len() == 1 {
-                // The claims nobody holds ride with the one placeholder that holds the others:
-                // a second placeholder would be sent wherever the scheduler likes, away from the
-                // first, and the pods that mount both could never run.
-                self.ride(&mut rp, s.targets[0], &s.remainder);
+            }
+            if let Some(i) = home {
+                insert_sorted(&mut s.targets, i);
+            }
+            let rides_with = home.or((s.targets.len() == 1).then(|| s.targets[0]));
+            if let (false, Some(t)) = (s.remainder.is_empty(), rides_with) {
+                // The claims nobody holds ride with the one placeholder that holds the others
+                // (or the run's own): a second placeholder would be sent wherever the scheduler
+                // likes, away from the first, and the pods that mount both could never run.
+                self.ride(&mut rp, t, &s.remainder);
             } else if !s.remainder.is_empty() && may_create {
                 s.name.clear();
                 names::push_claims_placeholder_name(&mut s.name, s.remainder.iter().map(|c| c.as_str()));
@@ -599,8 +620,10 @@ impl<'a> Builder<'a> {
                     rp.holders.insert(c.clone(), self.slots[i].name.clone());
                 }
             }
-            if mode.per_run() && targets.len() == 1 {
-                rp.home = Some(self.slots[targets[0]].name.clone());
+            if mode.per_run()
+                && let Some(i) = home.or((targets.len() == 1).then(|| targets[0]))
+            {
+                rp.home = Some(self.slots[i].name.clone());
             }
             for &i in targets {
                 let slot = &mut self.slots[i];
