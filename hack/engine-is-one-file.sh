@@ -25,24 +25,28 @@ rm "$work/$file"
 sed -i -e "/^pub mod ${engine};$/d" \
     -e "s/, *&${engine}::${type}//; s/&${engine}::${type}, *//" "$work/src/engine/mod.rs"
 
-echo "== removing the ${engine} engine: the whole diff under src/"
-diff -ruN src "$work/src" | sed -n '1,400p' | grep -v '^-' || true
-changed="$(diff -ruN src "$work/src" | grep '^diff ' | awk '{print $NF}' | sed "s|$work/||")"
-echo
-echo "files changed: $(echo "$changed" | tr '\n' ' ')"
-outside="$(diff -ru src "$work/src" 2>/dev/null | grep -E '^[-+][^-+]' | wc -l || true)"
-echo "lines changed outside $file: ${outside}"
-if [[ "$(echo "$changed" | grep -vc -e "^$file\$" -e '^src/engine/mod.rs$')" != 0 ]]; then
-    echo "FAIL: removing the engine touched files other than $file and its registration" >&2
+echo "== removing the ${engine} engine: the whole change under src/"
+echo "deleted: $file ($(wc -l <"$file") lines)"
+diff -u --label a/src/engine/mod.rs --label b/src/engine/mod.rs src/engine/mod.rs "$work/src/engine/mod.rs" || true
+others="$( (diff -rq src "$work/src" || true) | grep -v -e "^Only in src/engine: ${engine}.rs\$" -e " src/engine/mod.rs and " || true)"
+if [[ -n "$others" ]]; then
+    echo "FAIL: removing the engine changed more than $file and its registration:" >&2
+    echo "$others" >&2
     exit 1
 fi
-
+echo "nothing else under src/ changed"
 echo
 echo "== what is left builds"
-# The same target directory: dependencies are not built again.
+# The same target directory, so dependencies are not built again; another version and binary
+# name, so the copy's artifacts never replace the tree's own (cargo does not hash a path
+# package's location).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-(cd "$work" && cargo build --quiet --offline --bin affinity-assistant)
-manifests="$(cd "$work" && cargo run --quiet --offline -- manifests)"
+bin="affinity-assistant-without-${engine}"
+sed -i -e "0,/^version = \"\(.*\)\"/s//version = \"\1-without-${engine}\"/" \
+    -e "s/^name = \"affinity-assistant\"$/name = \"${bin}\"/" \
+    -e "s/^default-run = .*/default-run = \"${bin}\"/" "$work/Cargo.toml"
+(cd "$work" && cargo build --quiet --offline --bin "$bin")
+manifests="$(cd "$work" && cargo run --quiet --offline --bin "$bin" -- manifests)"
 if [[ -n "$group" ]] && grep -q -- "$group" <<<"$manifests"; then
     echo "FAIL: the manifests still name ${group}" >&2
     exit 1
