@@ -398,3 +398,74 @@ async fn a_quota_with_no_room_for_the_placeholder_gets_nothing_pinned_and_the_ru
     assert!(matches!(decide(&w, &task_pod("quota", "unit", json!({}))).await, Decision::Pin(_)));
     w.controller.stop().await;
 }
+
+/// An Argo Workflow whose `use` template names its claim by an input parameter, as the user
+/// creates it (Argo has written no status yet).
+fn parameter_workflow(name: &str) -> Value {
+    json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "creationTimestamp": "2026-11-29T14:04:19Z"},
+        "spec": {"entrypoint": "main", "templates": [
+            {"name": "main", "steps": [[
+                {"name": "a", "template": "use", "arguments": {"parameters": [{"name": "pvc", "value": "shared"}]}},
+                {"name": "b", "template": "use", "arguments": {"parameters": [{"name": "pvc", "value": "shared"}]}}]]},
+            {"name": "use", "inputs": {"parameters": [{"name": "pvc"}]},
+                "volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "{{inputs.parameters.pvc}}"}}],
+                "container": {"image": "busybox", "volumeMounts": [{"name": "work", "mountPath": "/work"}]}}]}})
+}
+
+/// A pod as Argo builds it for step `step`: the parameter filled in.
+fn argo_pod(workflow: &str, step: &str, claim: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{workflow}-use-{step}"), "namespace": NS,
+            "labels": {"workflows.argoproj.io/workflow": workflow, "workflows.argoproj.io/completed": "false"},
+            "annotations": {"workflows.argoproj.io/node-name": format!("{workflow}[0].{step}")},
+            "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": workflow,
+                "uid": format!("uid-{workflow}"), "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}],
+            "volumes": [{"name": "var-run-argo", "emptyDir": {}},
+                {"name": "work", "persistentVolumeClaim": {"claimName": claim}}]}})
+}
+
+#[tokio::test]
+async fn an_argo_claim_named_by_a_parameter_is_pinned_at_once_and_its_placeholder_follows_the_pod() {
+    // A budget no test should reach: a wait for a placeholder only the pod names would show.
+    let budget = Duration::from_secs(30);
+    let w = world(budget).await;
+    w.server.insert(pvc("shared"));
+    w.server.insert(parameter_workflow("wf"));
+    let caches = w.controller.caches.clone();
+    eventually("the Workflow cached", WAIT, || caches.run(NS, "argo", "wf").is_some()).await;
+    assert!(placeholders(&w.server, NS).is_empty(), "no claim is known before a pod names it");
+
+    let a = argo_pod("wf", "a", "shared");
+    let started = std::time::Instant::now();
+    let pin = match decide(&w, &a).await {
+        Decision::Pin(pin) => pin,
+        Decision::Skip(s) => panic!("{s:?}"),
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?} for a placeholder nobody can make yet",
+        started.elapsed()
+    );
+    assert_eq!(pin.claims, vec!["shared".to_string()]);
+
+    // The API server creates the pod as the webhook patched it; the controller learns the
+    // claim from it and makes the placeholder, owned by the Workflow.
+    let mut created = a.clone();
+    json_patch::patch(&mut created, &pin.patch).expect("the pin applies");
+    w.server.insert(created);
+    eventually("the placeholder made from the pod", WAIT, || placeholders(&w.server, NS).len() == 1).await;
+    let sts = placeholders(&w.server, NS)[0].clone();
+    assert_eq!(sts["metadata"]["name"], json!(pin.placeholder));
+    assert_eq!(claims_of(&sts), ["shared".to_string()].into());
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], json!("Workflow"));
+
+    // The parallel pod goes to the same placeholder, once that placeholder's pod exists.
+    w.server.insert(placeholder_pod(NS, &pin.placeholder, "node-a"));
+    match decide(&w, &argo_pod("wf", "b", "shared")).await {
+        Decision::Pin(b) => assert_eq!(b.placeholder, pin.placeholder),
+        Decision::Skip(s) => panic!("{s:?}"),
+    }
+    w.controller.stop().await;
+}
