@@ -787,3 +787,22 @@ fn a_claim_a_pinned_pod_mounts_goes_with_its_placeholder_whichever_run_asks_firs
     assert_eq!(pin.placeholder, home.to_string(), "the older run's pod follows the volume");
     assert_eq!(expect_pin(admit(&w, &p)).placeholder, home.to_string());
 }
+
+#[test]
+fn a_shared_volume_a_pinned_pod_mounts_rides_with_nothing() {
+    let r = run("r", &[("w", "a")], &[("t", &["w"])]);
+    let mut claims = rwo(&["a"]);
+    claims.insert("rwx".into(), pvc("rwx", &["ReadWriteMany"]));
+    let mut w = World::new(vec![r], claims);
+    let plan = w.plan();
+    w.apply(&plan, None);
+    w.pinned.push(affinity_assistant::model::PinnedPod {
+        name: "r-t".into(),
+        run_uid: Some(uid("r")),
+        placeholder: plan.placeholders[0].name.to_string(),
+        claims: set(&["a"]),
+        mounted: set(&["a", "rwx"]),
+    });
+    let plan = w.plan();
+    assert!(plan.placeholders[0].riders.is_empty(), "{:?}", plan.placeholders[0].riders);
+}

@@ -458,7 +458,12 @@ impl<'a> Builder<'a> {
     /// run asks first (a rider is otherwise decided anew by every plan).
     fn carry_mounted(&mut self, idx: usize, p: &'a PinnedPod) {
         for c in &p.mounted {
-            if !self.holder.contains_key(c.as_str()) {
+            // Only a claim that could be managed: a shared volume may be anywhere.
+            let manageable = self
+                .pvcs
+                .get(c.as_str())
+                .is_some_and(|pvc| !pvc.deleted && claims::access_verdict(pvc.access_modes()).is_ok());
+            if manageable && !self.holder.contains_key(c.as_str()) {
                 self.holder.insert(c.as_str(), idx);
                 self.slots[idx].riders.insert(Name::from(c));
             }
