@@ -12,6 +12,7 @@
 //! more there than on the machine.)
 
 use affinity_assistant::config::Config;
+use affinity_assistant::core::pin::unplanned_claims;
 use affinity_assistant::core::{Decision, MissingClaims, NamespaceState, Plan, decide, plan};
 use affinity_assistant::engine::tekton::PipelineRun;
 use affinity_assistant::model::{
@@ -303,7 +304,54 @@ fn pod_decision(c: &mut Criterion) {
     let pod = TaskPod::from_json(&argo_pod).expect("the Argo pod parses");
     assert!(matches!(decide(&pod, &argo_plan, true), Decision::Pin(_)), "the Argo pod is pinned");
     group.bench_function("argo_pod_json", |b| b.iter(|| pin_pod(black_box(&argo_pod), black_box(&argo_plan))));
+
+    // The same pod when its Workflow names the claim only by an input parameter: the first pod
+    // to name it makes the webhook plan the namespace (50 Tekton runs and the Workflow) again
+    // with the pod among its run's pods.
+    let mut with_named = runs.clone();
+    with_named.push(argo_run_named_by_pod());
+    let mut named_claims = claims.clone();
+    named_claims.insert("ci-example-7xk2p-workdir".into(), rwo("ci-example-7xk2p-workdir").1);
+    let cached = plan(&namespace_state(&config, &with_named, &named_claims, &[]));
+    let first_to_name = |bytes: &[u8]| -> Vec<u8> {
+        let pod = TaskPod::from_json(bytes).expect("task pod parses");
+        assert!(!unplanned_claims(&pod, &cached).is_empty());
+        let mounts = [pod.mounts().expect("a pod of a run")];
+        let state = NamespaceState { task_pods: &mounts, ..namespace_state(&config, &with_named, &named_claims, &[]) };
+        match decide(&pod, &plan(&state), true) {
+            Decision::Pin(pin) => pin.patch_json().expect("patch serialises"),
+            Decision::Skip(s) => panic!("expected a pin, got {:?}: {}", s.reason, s.message),
+        }
+    };
+    first_to_name(&argo_pod);
+    group.bench_function("argo_pod_first_to_name_its_claim", |b| b.iter(|| first_to_name(black_box(&argo_pod))));
     group.finish();
+}
+
+/// [`argo_run`] with its claim named by an input parameter instead of a volumeClaimTemplate:
+/// only the pod says which claim it mounts.
+fn argo_run_named_by_pod() -> Run {
+    use affinity_assistant::engine::Engine;
+    let use_claim = |image: &str| {
+        json!({"volumes": [{"name": "workdir", "persistentVolumeClaim": {"claimName": "{{inputs.parameters.pvc}}"}}],
+            "inputs": {"parameters": [{"name": "pvc"}]},
+            "container": {"image": image, "volumeMounts": [{"name": "workdir", "mountPath": "/go"}]}})
+    };
+    let mut build = use_claim("golang");
+    build["name"] = json!("build-golang-example");
+    let mut hello = use_claim("debian");
+    hello["name"] = json!("run-hello");
+    let wf = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "ci-example-7xk2p", "namespace": NAMESPACE, "uid": "0b6c3f0e-1d2a-4c1e-9a77-5f2f9d1d0c11",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"entrypoint": "ci-example",
+            "templates": [
+                {"name": "ci-example", "steps": [[{"name": "build", "template": "build-golang-example"}],
+                    [{"name": "test", "template": "run-hello"}]]},
+                build, hello]},
+        "status": {"phase": "Running"}});
+    let obj: kube::api::DynamicObject = serde_json::from_value(wf).expect("a Workflow");
+    affinity_assistant::engine::argo::Argo.run(&obj.metadata, &obj.data).expect("the Workflow reads")
 }
 
 /// The Argo fixture pod, as JSON bytes (the webhook reads JSON).
