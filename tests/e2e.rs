@@ -246,6 +246,12 @@ async fn argo_retried_workflow_gets_its_placeholder_back() {
     scenario("argo-retry", Access::Shared, argo_retry).await;
 }
 
+#[tokio::test]
+#[ignore = "needs a cluster: E2E_KUBECONFIG=... hack/e2e.sh"]
+async fn argo_claim_named_by_an_input_parameter() {
+    scenario("argo-param-claim", Access::Shared, argo_parameter_claim).await;
+}
+
 /// The one pod of a task, or an error naming the run.
 fn task_pod<'a>(run: &StartedRun, pods: &'a BTreeMap<String, Pod>, task: &str) -> anyhow::Result<&'a Pod> {
     pods.get(task).ok_or_else(|| anyhow!("{run}: no pod for task {task}"))
@@ -827,5 +833,109 @@ async fn argo_retry(env: Arc<Env>) -> anyhow::Result<()> {
         .get(&wf.name)
         .await?;
     ensure!(now.uid().as_deref() == Some(wf.uid.as_str()), "{wf}: argo retry keeps the same Workflow (uid)");
+    Ok(())
+}
+
+/// SPEC "Argo Workflows runs", I1/I2/I4: a claim the Workflow names only through a template
+/// input (`claimName: "{{inputs.parameters.pvc}}"`, the value passed by each step), so that
+/// only the pods Argo builds name it. Three parallel steps mount the existing claim that way,
+/// then a fourth, in a second step group, mounts it again. One placeholder holds exactly that
+/// claim; every pod carries the pin and exactly one added term selecting it, and is bound to
+/// its node. The placeholder is never deleted or replaced while the Workflow runs, not even
+/// between the two groups when no pod mounts the claim (the fake pauses 3 s there); it goes
+/// once the Workflow completes. Offline, where the webhook's wait metrics are readable, no
+/// admission ran out of its budget waiting (the first pods name a placeholder nobody can
+/// create before they exist).
+async fn argo_parameter_claim(env: Arc<Env>) -> anyhow::Result<()> {
+    argo::prepare(&env).await?;
+    let ns = env.namespace("", &[]).await?;
+    let claim = "shared-pvc";
+    storage::claim(&env, &ns, claim, RWO).await?;
+    let history = cluster::PlaceholderHistory::start(&env, &ns).await?;
+    let spec = WorkflowSpec::new("ci")
+        .claim_by_parameter("work", "pvc", claim)
+        .group(&[("a", &["work"]), ("b", &["work"]), ("c", &["work"])])
+        .group(&[("report", &["work"])])
+        .pause_between_groups(3)
+        .step_seconds(20);
+    let wf = argo::start_workflow(&env, &ns, spec).await?;
+
+    // The Workflow names the claim only as the steps' argument; the pods name it.
+    let stored = Api::<kube::api::DynamicObject>::namespaced_with(env.client.clone(), &ns, &argo::workflows_resource())
+        .get(&wf.name)
+        .await?;
+    let template_claims: Vec<&str> = stored.data["spec"]["templates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["volumes"].as_array().into_iter().flatten())
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .collect();
+    ensure!(
+        template_claims.len() == 4 && template_claims.iter().all(|c| *c == "{{inputs.parameters.pvc}}"),
+        "{wf}: its templates' volumes name {template_claims:?}, expected {{{{inputs.parameters.pvc}}}} in each of 4"
+    );
+    ensure!(stored.data["spec"].get("volumes").is_none(), "{wf}: no workflow volume may name {claim}");
+
+    let sts = cluster::placeholder_holding(&env, &ns, claim).await?;
+    let (name, uid) = (sts.name_any(), sts.uid().unwrap_or_default());
+    ensure!(
+        placeholder_claims(&sts) == BTreeSet::from([claim.to_string()]),
+        "placeholder {ns}/{name} of {wf} holds {:?}, expected only {claim}",
+        placeholder_claims(&sts)
+    );
+    let holder = cluster::placeholder_pod(&env, &ns, &name, env.settings.timeout).await?;
+    let pods = argo::bound_pods(&env, &wf).await?;
+    ensure!(
+        pods.keys().map(String::as_str).collect::<Vec<_>>() == ["a", "b", "c", "report"],
+        "{wf}: expected the pods of a, b, c and report, got {:?}",
+        pods.keys()
+    );
+    for (node, pod) in &pods {
+        let mounted: BTreeSet<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+            .collect();
+        ensure!(
+            mounted == BTreeSet::from([claim.to_string()]),
+            "{wf}: node {node}'s pod {} mounts {mounted:?}: Argo fills in the parameter, so it must mount {claim}",
+            pod.name_any()
+        );
+        argo_follows(&wf, &pods, node, &holder)?;
+    }
+    // The second group came after the first had finished, and its pod went to the same
+    // placeholder: the same one all along, never deleted or made again.
+    let versions = history.versions();
+    let held = BTreeSet::from([claim.to_string()]);
+    let uids: BTreeSet<&str> = versions.iter().map(|v| v.uid.as_str()).collect();
+    ensure!(
+        uids == BTreeSet::from([uid.as_str()]) && versions.iter().all(|v| v.name == name && v.claims == held),
+        "{ns}: expected placeholder {name} (uid {uid}) and no other while {wf} ran, saw {versions:?}"
+    );
+    if let Some(gone) = versions.iter().find(|v| v.deleting) {
+        bail!("{ns}: placeholder {} was deleted while {wf} ran (between its step groups?): {gone:?}", gone.name);
+    }
+    match &env.admission_waits {
+        Some(waits) => {
+            let ran_out: u64 = ["placeholder-pod", "pipeline-spec"].iter().map(|w| waits.count(w, "budget")).sum();
+            ensure!(
+                ran_out == 0,
+                "{wf}: {ran_out} admission(s) waited until the webhook's budget ran out \
+                 (affinity_assistant_admission_wait_seconds result=\"budget\"); placeholder-pod waits decided: {}",
+                waits.count("placeholder-pod", "decided")
+            );
+        }
+        None => {
+            eprintln!("{}: SKIPPED the admission-wait check: the webhook's metrics are only read offline", env.scenario)
+        }
+    }
+
+    let phase = argo::end_workflow(&env, &wf).await?;
+    ensure!(phase == "Succeeded", "{wf} ended {phase}");
+    no_placeholder_holding(&env, &ns, claim, &format!("{wf} completed")).await?;
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    ensure!(pvcs.get_opt(claim).await?.is_some(), "{wf}: the existing claim {claim} is not Argo's to collect");
     Ok(())
 }

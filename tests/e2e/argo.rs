@@ -15,11 +15,16 @@
 //!   annotations: Argo does not copy them), annotations `node-name` and `node-id`, exactly one
 //!   ownerReference (the Workflow, controller), Argo's emptyDirs, the init/wait/main containers,
 //!   and the claims as volumes named after the template's volume;
+//! - a claim named by a template input (`templates[].volumes[].persistentVolumeClaim.claimName:
+//!   "{{inputs.parameters.<p>}}"`, the value passed by the step as an argument) stays that text
+//!   in the Workflow; the pod gets the value, as Argo substitutes a template's inputs before it
+//!   builds the pod (`substituteParamsInVolumes`);
 //! - a step group runs once the one before finished: the fake waits for the group's pods to
 //!   be bound (they must run somewhere to finish), marks them `Succeeded` and removes them
 //!   (the fake's Workflows ask for `podGC: OnPodCompletion`, so that is Argo's own behaviour;
 //!   a kubelet would otherwise report the pause container running again), then creates the
-//!   next group's pods and records the nodes;
+//!   next group's pods and records the nodes (after a pause, when the spec asks for one: how
+//!   long Argo takes to notice the finished pods and reconcile);
 //! - completion: the pods finish, then `volumeClaimGC` (`OnWorkflowSuccess` by default:
 //!   only when Succeeded; `OnWorkflowCompletion`: always) deletes the PVCs and strips their
 //!   `kubernetes.io/pvc-protection` finalizer, and only then the completed phase, `finishedAt`
@@ -191,6 +196,18 @@ pub enum Source {
     Claim(String),
     /// `spec.volumeClaimTemplates[]` with this `metadata.name` (the volume's name too).
     Template,
+    /// An existing claim named by a template input: each step template that mounts the volume
+    /// declares it in `volumes` with `claimName: "{{inputs.parameters.<parameter>}}"` and takes
+    /// `inputs.parameters: [{name: <parameter>}]`; the step passes `claim` as that argument.
+    /// Only the pods name the claim. One parameter names one claim in a step.
+    Parameter { parameter: String, claim: String },
+}
+
+impl Source {
+    /// `{{inputs.parameters.<parameter>}}`, as the Workflow's template writes the claim.
+    pub fn parameter_expression(parameter: &str) -> String {
+        format!("{{{{inputs.parameters.{parameter}}}}}")
+    }
 }
 
 /// One step: its own container template, mounting some of the Workflow's volumes; fanned out
@@ -218,6 +235,9 @@ pub struct WorkflowSpec {
     /// How long real Argo's steps run; the first group's steps run 1 s (their pods must be
     /// done before the next group starts).
     pub step_seconds: u64,
+    /// The fake: how long after a step group's pods finished (and were removed) the next
+    /// group's pods are created. Real Argo takes what it takes.
+    pub pause_between_groups: Duration,
 }
 
 impl WorkflowSpec {
@@ -230,6 +250,7 @@ impl WorkflowSpec {
             groups: Vec::new(),
             volume_claim_gc: None,
             step_seconds: 60,
+            pause_between_groups: Duration::ZERO,
         }
     }
 
@@ -245,6 +266,13 @@ impl WorkflowSpec {
 
     pub fn template(mut self, volume: &str) -> Self {
         self.volumes.push((volume.into(), Source::Template));
+        self
+    }
+
+    /// The existing claim `claim`, mounted as `volume` through a template volume whose
+    /// `claimName` is `{{inputs.parameters.<parameter>}}` (see [`Source::Parameter`]).
+    pub fn claim_by_parameter(mut self, volume: &str, parameter: &str, claim: &str) -> Self {
+        self.volumes.push((volume.into(), Source::Parameter { parameter: parameter.into(), claim: claim.into() }));
         self
     }
 
@@ -287,6 +315,21 @@ impl WorkflowSpec {
     pub fn step_seconds(mut self, seconds: u64) -> Self {
         self.step_seconds = seconds;
         self
+    }
+
+    /// The fake waits this long between one step group's pods finishing and the next
+    /// group's pods being created.
+    pub fn pause_between_groups(mut self, seconds: u64) -> Self {
+        self.pause_between_groups = Duration::from_secs(seconds);
+        self
+    }
+
+    /// The step's mounts that come from a template input: (volume, parameter, claim).
+    fn parameter_mounts<'s>(&'s self, step: &'s Step) -> impl Iterator<Item = (&'s str, &'s str, &'s str)> + 's {
+        self.volumes.iter().filter(|(v, _)| step.mounts.contains(v)).filter_map(|(v, s)| match s {
+            Source::Parameter { parameter, claim } => Some((v.as_str(), parameter.as_str(), claim.as_str())),
+            _ => None,
+        })
     }
 
     /// Every pod-making node: (group index, step, node display name `step` or `step(i:item)`).
@@ -332,8 +375,27 @@ impl WorkflowSpec {
                 if !step.items.is_empty() {
                     s["withItems"] = json!(step.items);
                 }
+                let mut template = json!({"name": step.name, "container": self.container(step, g, image)});
+                // A claim named by an input: the template declares the input and the volume
+                // with the expression, the step passes the claim as the argument.
+                let mut inputs: Vec<Value> = Vec::new();
+                let mut arguments: Vec<Value> = Vec::new();
+                let mut own_volumes: Vec<Value> = Vec::new();
+                for (volume, parameter, claim) in self.parameter_mounts(step) {
+                    if !inputs.iter().any(|p| p["name"] == parameter) {
+                        inputs.push(json!({"name": parameter}));
+                        arguments.push(json!({"name": parameter, "value": claim}));
+                    }
+                    own_volumes.push(json!({"name": volume,
+                        "persistentVolumeClaim": {"claimName": Source::parameter_expression(parameter)}}));
+                }
+                if !inputs.is_empty() {
+                    s["arguments"] = json!({"parameters": arguments});
+                    template["inputs"] = json!({"parameters": inputs});
+                    template["volumes"] = json!(own_volumes);
+                }
                 parallel.push(s);
-                templates.push(json!({"name": step.name, "container": self.container(step, g, image)}));
+                templates.push(template);
             }
             steps_template.push(Value::Array(parallel));
         }
@@ -343,7 +405,7 @@ impl WorkflowSpec {
             .iter()
             .filter_map(|(v, s)| match s {
                 Source::Claim(c) => Some(json!({"name": v, "persistentVolumeClaim": {"claimName": c}})),
-                Source::Template => None,
+                Source::Template | Source::Parameter { .. } => None,
             })
             .collect();
         let claim_templates: Vec<Value> = self
@@ -440,7 +502,7 @@ pub async fn start_workflow(env: &Env, ns: &str, spec: WorkflowSpec) -> anyhow::
     let mut claims = BTreeMap::new();
     for (volume, source) in &spec.volumes {
         let claim = match source {
-            Source::Claim(c) => c.clone(),
+            Source::Claim(c) | Source::Parameter { claim: c, .. } => c.clone(),
             Source::Template => {
                 let claim = format!("{}-{volume}", spec.name);
                 crate::storage::volume_for(env, ns, &claim, "ReadWriteOnce").await?;
@@ -532,7 +594,9 @@ pub fn task_pod(wf: &StartedWorkflow, group: usize, step: &Step, display: &str, 
     let pod_name = format!("{}-{}-{hash}", wf.name, step.name);
     let mut volumes =
         vec![json!({"name": "var-run-argo", "emptyDir": {}}), json!({"name": "tmp-dir-argo", "emptyDir": {}})];
-    // Workflow-level volumes and claim templates, only those a mount refers to, in spec order.
+    // Workflow-level volumes, claim templates and the template's own volumes (a claim named by
+    // an input with the step's argument filled in, as Argo builds the pod), only those a mount
+    // refers to, in spec order.
     for (volume, _) in wf.spec.volumes.iter().filter(|(v, _)| step.mounts.contains(v)) {
         if let Some(claim) = wf.claims.get(volume) {
             volumes.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": claim}}));
@@ -675,6 +739,7 @@ async fn play_argo(env: &Env, wf: &StartedWorkflow) -> anyhow::Result<()> {
         for (d, _) in &made {
             phases.insert(d.clone(), "Succeeded".into());
         }
+        tokio::time::sleep(wf.spec.pause_between_groups).await;
         made = create_group(env, wf, group, None).await?;
         phases.extend(made.iter().map(|(d, _)| (d.clone(), "Pending".to_string())));
         write_workflow(env, wf, json!({"status": {"nodes": nodes_status(wf, &phases)}})).await?;
@@ -1018,6 +1083,53 @@ mod tests {
         let real = spec().workflow_object(Mode::Real, "busybox");
         assert!(real["metadata"]["labels"].get(LABEL_INSTANCE_ID).is_none(), "real Argo must manage it");
         assert!(real["spec"].get("podGC").is_none());
+    }
+
+    #[test]
+    fn a_claim_named_by_an_input_parameter_is_filled_in_only_in_the_pod() {
+        let s = WorkflowSpec::new("p")
+            .claim_by_parameter("work", "pvc", "shared-pvc")
+            .group(&[("a", &["work"]), ("b", &["work"])])
+            .group(&[("report", &["work"])]);
+        let obj = s.workflow_object(Mode::Fake, "busybox");
+        assert!(obj["spec"].get("volumes").is_none() && obj["spec"].get("volumeClaimTemplates").is_none());
+        assert_eq!(
+            obj["spec"]["templates"][0]["steps"][0][1]["arguments"],
+            json!({"parameters": [{"name": "pvc", "value": "shared-pvc"}]})
+        );
+        let a = &obj["spec"]["templates"][1];
+        assert_eq!(a["inputs"], json!({"parameters": [{"name": "pvc"}]}));
+        assert_eq!(
+            a["volumes"],
+            json!([{"name": "work", "persistentVolumeClaim": {"claimName": "{{inputs.parameters.pvc}}"}}])
+        );
+        assert_eq!(a["container"]["volumeMounts"][0]["name"], "work");
+        // The add-on reads the Workflow as the API server stores it: no claim is named there.
+        let mut stored = obj.clone();
+        stored["metadata"]["namespace"] = json!("ns");
+        stored["metadata"]["uid"] = json!("u");
+        let dynamic: DynamicObject = serde_json::from_value(stored).unwrap();
+        let run = {
+            use affinity_assistant::engine::Engine;
+            affinity_assistant::engine::argo::Argo.run(&dynamic.metadata, &dynamic.data).unwrap()
+        };
+        assert!(run.bindings.iter().all(|b| b.source.claim_name().is_none()), "{:?}", run.bindings);
+
+        // The pods carry the value (Argo substitutes the inputs before it builds the pod).
+        let wf = StartedWorkflow {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            claims: [("work".to_string(), "shared-pvc".to_string())].into(),
+            spec: s.clone(),
+            finished: Mutex::new(BTreeMap::new()),
+        };
+        for (g, step, display) in s.nodes() {
+            let pod = task_pod(&wf, g, step, &display, "pause");
+            let volumes = pod["spec"]["volumes"].as_array().unwrap();
+            assert_eq!(volumes[2], json!({"name": "work", "persistentVolumeClaim": {"claimName": "shared-pvc"}}));
+            assert_eq!(wf.node_claims(&display), BTreeSet::from(["shared-pvc".to_string()]));
+        }
     }
 
     #[test]

@@ -175,6 +175,83 @@ pub async fn placeholder_pod(env: &Env, ns: &str, name: &str, timeout: Duration)
     .await
 }
 
+/// One version of a placeholder StatefulSet, as a watch delivered it.
+#[derive(Debug, Clone)]
+pub struct PlaceholderVersion {
+    pub name: String,
+    pub uid: String,
+    pub claims: BTreeSet<String>,
+    /// Deleted, or on its way out (a deletionTimestamp).
+    pub deleting: bool,
+}
+
+/// Every version of every placeholder of a namespace from the moment [`PlaceholderHistory::start`]
+/// returns: what polling could miss (a placeholder deleted and made again between two looks).
+/// The watch stops when this is dropped.
+pub struct PlaceholderHistory {
+    versions: std::sync::Arc<std::sync::Mutex<Vec<PlaceholderVersion>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PlaceholderHistory {
+    /// Starts watching the placeholders of `ns`; returns once the watch is established.
+    pub async fn start(env: &Env, ns: &str) -> anyhow::Result<PlaceholderHistory> {
+        use futures::StreamExt;
+        use kube::runtime::watcher::{self, Event as Change};
+        let api: Api<StatefulSet> = Api::namespaced(env.client.clone(), ns);
+        let versions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready, listed) = tokio::sync::oneshot::channel::<()>();
+        let record = versions.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready);
+            let stream = watcher::watcher(api, watcher::Config::default().labels(&placeholder_selector()));
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let (sts, deleted) = match event {
+                    Ok(Change::Apply(s) | Change::InitApply(s)) => (s, false),
+                    Ok(Change::Delete(s)) => (s, true),
+                    Ok(Change::InitDone) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                        continue;
+                    }
+                    // The watcher lists and watches again by itself.
+                    Ok(Change::Init) | Err(_) => continue,
+                };
+                if !is_placeholder(&sts) {
+                    continue;
+                }
+                let version = PlaceholderVersion {
+                    name: sts.name_any(),
+                    uid: sts.uid().unwrap_or_default(),
+                    claims: placeholder_claims(&sts),
+                    deleting: deleted || sts.metadata.deletion_timestamp.is_some(),
+                };
+                if let Ok(mut v) = record.lock() {
+                    v.push(version);
+                }
+            }
+        });
+        let history = PlaceholderHistory { versions, task };
+        match tokio::time::timeout(env.settings.timeout, listed).await {
+            Ok(Ok(())) => Ok(history),
+            _ => bail!("watching the placeholders of {ns}: no initial list within {}s", env.settings.timeout.as_secs()),
+        }
+    }
+
+    /// Every version seen so far, in order.
+    pub fn versions(&self) -> Vec<PlaceholderVersion> {
+        self.versions.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for PlaceholderHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
 }

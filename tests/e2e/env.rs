@@ -194,6 +194,10 @@ pub struct Env {
     /// Against the in-memory API server (`offline.rs`): no CRDs to install, no RBAC for Argo's
     /// executor.
     pub offline: bool,
+    /// The webhook's wait metrics (`affinity_assistant_admission_wait_seconds`), where the
+    /// suite can read them: offline, where the webhook runs in this process. `None` against a
+    /// cluster.
+    pub admission_waits: Option<affinity_assistant::webhook::metrics::WaitMetrics>,
     pub scenario: String,
     suffix: String,
     namespaces: Arc<Mutex<Vec<String>>>,
@@ -270,6 +274,7 @@ impl Env {
             tekton,
             argo,
             offline: false,
+            admission_waits: None,
             scenario: scenario.to_string(),
             suffix: unique_suffix(),
             namespaces,
@@ -288,6 +293,7 @@ impl Env {
             tekton,
             argo: tekton,
             offline: true,
+            admission_waits: None,
             scenario: scenario.to_string(),
             suffix: unique_suffix(),
             namespaces: Arc::new(Mutex::new(Vec::new())),

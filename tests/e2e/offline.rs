@@ -18,6 +18,7 @@ use crate::env::{Env, Settings, drive};
 use crate::tekton::Mode;
 use affinity_assistant::decider::CacheDecider;
 use affinity_assistant::names;
+use affinity_assistant::webhook::metrics::WaitMetrics;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -38,6 +39,8 @@ struct Offline {
     _leader: tokio::sync::watch::Sender<bool>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The webhook's wait metrics, for the scenarios to read (`Env::admission_waits`).
+    waits: WaitMetrics,
 }
 
 impl Drop for Offline {
@@ -65,7 +68,8 @@ where
     crate::cluster::preflight(&offline.client, &settings, Mode::Fake)
         .await
         .unwrap_or_else(|e| panic!("{name}: preflight against the in-memory cluster: {e:#}"));
-    let env = Env::offline(name, offline.client.clone(), settings, Mode::Fake);
+    let mut env = Env::offline(name, offline.client.clone(), settings, Mode::Fake);
+    env.admission_waits = Some(offline.waits.clone());
     drive(name, Arc::new(env), body).await;
 }
 
@@ -120,9 +124,11 @@ async fn start() -> Offline {
     let crate::world::Controller { caches, leader, stop, mut tasks, .. } =
         crate::world::Controller::start(plain.clone(), "offline", true);
     tasks.push(tokio::spawn(control_plane(plain.clone())));
-    let decider = CacheDecider::new(caches, Some(plain), OWN_NAMESPACE, LEASE);
+    let mut decider = CacheDecider::new(caches, Some(plain), OWN_NAMESPACE, LEASE);
+    let waits = WaitMetrics::register(&mut Default::default());
+    decider.metrics = Some(waits.clone());
     let client = Admitting::new(server, Arc::new(decider)).client();
-    Offline { client, _leader: leader, stop, tasks }
+    Offline { client, _leader: leader, stop, tasks, waits }
 }
 
 /// The stand-ins for kube-controller-manager and kube-scheduler, every 50 ms.
@@ -312,5 +318,10 @@ mod tests {
     #[tokio::test]
     async fn offline_argo_retry() {
         run("argo-retry", crate::argo_retry).await;
+    }
+
+    #[tokio::test]
+    async fn offline_argo_parameter_claim() {
+        run("argo-param-claim", crate::argo_parameter_claim).await;
     }
 }
