@@ -183,11 +183,14 @@ impl<'a> TaskPod<'a> {
         }
     }
 
-    /// Claim names the pod mounts, each once, in volume order.
-    /// What the pod mounts, as the plan reads it of a run's pods; `None` for a pod of no run.
+    /// What the pod mounts, as the plan reads it of a run's pods; `None` for a pod of no run,
+    /// or one that mounts no claim (as [`crate::views::mounts_from_pod`] reads a cached pod).
     pub fn mounts(&self) -> Option<crate::model::PodMounts> {
         let run = self.identity.run.as_ref()?;
         let mut claims: Vec<crate::model::Name> = self.claims().into_iter().map(Into::into).collect();
+        if claims.is_empty() {
+            return None;
+        }
         claims.sort();
         Some(crate::model::PodMounts {
             engine: self.identity.engine,
@@ -197,6 +200,7 @@ impl<'a> TaskPod<'a> {
         })
     }
 
+    /// Claim names the pod mounts, each once, in volume order.
     pub fn claims(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for v in &self.spec.volumes {
