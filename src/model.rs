@@ -227,8 +227,10 @@ pub enum ClaimSource {
     /// A PVC the engine creates per run from a template.
     Template { claim: Name, access_modes: Vec<String> },
     /// A PVC the engine names only when it builds a pod (an Argo `{{inputs.parameters.x}}`):
-    /// the pods' own volumes say which ([`Run::claims_from_pods`]). The name as written.
-    NamedByPod(Name),
+    /// the pods' own volumes say which ([`Run::claims_from_pods`]). `expr`: the name as
+    /// written; `volume`: the name of the pod volume that will mount it. Whatever claim a pod
+    /// mounts under that volume is grouped as the tasks using this binding group it.
+    NamedByPod { expr: Name, volume: Name },
     /// emptyDir, configMap, secret, projected, csi: nothing to hold.
     Other,
 }
@@ -241,7 +243,7 @@ impl ClaimSource {
     pub fn claim_name(&self) -> Option<&Name> {
         match self {
             ClaimSource::Claim(c) | ClaimSource::Template { claim: c, .. } => Some(c),
-            ClaimSource::NamedByPod(_) | ClaimSource::Other => None,
+            ClaimSource::NamedByPod { .. } | ClaimSource::Other => None,
         }
     }
 }
@@ -365,16 +367,25 @@ pub struct ExistingPlaceholder {
     pub refused: Option<String>,
 }
 
-/// The PVCs a task pod mounts, and its run: an unfinished pod in the cache, or the pod being
-/// admitted. What a run whose claims come from its pods ([`Run::claims_from_pods`]) mounts.
+/// The PVCs a task pod mounts, and its run: a pinned, unfinished pod in the cache, or the pod
+/// being admitted. What a run whose claims come from its pods ([`Run::claims_from_pods`])
+/// mounts. (A pod the webhook left alone names nothing: a placeholder made for its volume
+/// could take the volume away from it.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodMounts {
     pub engine: &'static str,
     pub run_name: Name,
     /// `None` when the pod does not say (the run is then matched by name).
     pub run_uid: Option<Name>,
-    /// Sorted, each once.
-    pub claims: Vec<Name>,
+    /// Sorted by claim, each claim once.
+    pub claims: Vec<PodClaim>,
+}
+
+/// A claim a pod mounts, and the pod volume it mounts it under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodClaim {
+    pub claim: Name,
+    pub volume: Name,
 }
 
 impl PodMounts {

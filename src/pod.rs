@@ -187,11 +187,20 @@ impl<'a> TaskPod<'a> {
     /// or one that mounts no claim (as [`crate::views::mounts_from_pod`] reads a cached pod).
     pub fn mounts(&self) -> Option<crate::model::PodMounts> {
         let run = self.identity.run.as_ref()?;
-        let mut claims: Vec<crate::model::Name> = self.claims().into_iter().map(Into::into).collect();
+        let mut claims: Vec<crate::model::PodClaim> = self
+            .spec
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                let claim = v.persistent_volume_claim.as_ref().filter(|c| !c.claim_name.is_empty())?;
+                Some(crate::model::PodClaim { claim: claim.claim_name.as_ref().into(), volume: v.name.as_ref().into() })
+            })
+            .collect();
         if claims.is_empty() {
             return None;
         }
         claims.sort();
+        claims.dedup_by(|a, b| a.claim == b.claim);
         Some(crate::model::PodMounts {
             engine: self.identity.engine,
             run_name: run.name.as_str().into(),

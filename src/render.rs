@@ -392,7 +392,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
             inputs.pods.iter().filter(|p| pod_namespace(p) == ns).filter_map(|p| p.mounts()).collect();
         for run in ns_runs.iter().filter(|r| r.claims_from_pods) {
             for b in &run.bindings {
-                let crate::model::ClaimSource::NamedByPod(expr) = &b.source else { continue };
+                let crate::model::ClaimSource::NamedByPod { expr, .. } = &b.source else { continue };
                 if !mounts.iter().any(|m| m.is_of(run)) {
                     notes.push(format!(
                         "run {ns}/{}: volume {} names its claim only when the pod is built ({expr}); render cannot \
@@ -466,7 +466,7 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
 /// built (every volume of the run when its usage cannot be read).
 fn named_by_pod<'r>(run: &'r Run, workspaces: Option<&[String]>) -> Option<&'r crate::model::Name> {
     run.bindings.iter().find_map(|b| match &b.source {
-        crate::model::ClaimSource::NamedByPod(expr)
+        crate::model::ClaimSource::NamedByPod { expr, .. }
             if workspaces.is_none_or(|ws| ws.iter().any(|w| *w == b.workspace)) =>
         {
             Some(expr)

@@ -236,20 +236,24 @@ pub fn pod_meta(pod: &k8s_openapi::api::core::v1::Pod) -> crate::pod::PodMeta<'_
     }
 }
 
-/// The PVCs a cached task pod mounts, and its run (`None`: no run's pod, or no claim).
+/// The PVCs a cached task pod mounts, and its run: only for a pinned, unfinished pod (`None`
+/// for the rest, and for a pod that mounts no claim). A pod the webhook left alone must not
+/// call for a placeholder that would take its volume elsewhere.
 pub fn mounts_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<crate::model::PodMounts> {
+    pinned_from_pod(pod)?;
     let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
-    let mut claims: Vec<crate::model::Name> = volumes
+    let mut claims: Vec<crate::model::PodClaim> = volumes
         .iter()
-        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()))
-        .filter(|c| !c.is_empty())
-        .map(Into::into)
+        .filter_map(|v| {
+            let claim = v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()).filter(|c| !c.is_empty())?;
+            Some(crate::model::PodClaim { claim: claim.into(), volume: v.name.as_str().into() })
+        })
         .collect();
     if claims.is_empty() {
         return None;
     }
     claims.sort();
-    claims.dedup();
+    claims.dedup_by(|a, b| a.claim == b.claim);
     let identity = crate::engine::identify(&pod_meta(pod));
     let run = identity.run?;
     Some(crate::model::PodMounts {

@@ -6,7 +6,7 @@ use affinity_assistant::config::{AntiAffinity, Mode};
 use affinity_assistant::core::RunStatus;
 use affinity_assistant::core::claims::{AccessSource, IgnoreReason};
 use affinity_assistant::engine::tekton::template_claim_name;
-use affinity_assistant::model::RunPhase;
+use affinity_assistant::model::{Name, RunPhase};
 use affinity_assistant::names;
 use common::*;
 use serde_json::json;
@@ -612,6 +612,20 @@ fn parameter_workflow(name: &str) -> affinity_assistant::model::Run {
     }))
 }
 
+/// A pod of `run` as Argo builds it: each claim under its template volume's name.
+fn argo_pod(
+    run: &affinity_assistant::model::Run,
+    task: &str,
+    volumes: &[(&str, &str)],
+) -> affinity_assistant::pod::TaskPod<'static> {
+    let claims: Vec<&str> = volumes.iter().map(|(_, c)| *c).collect();
+    let mut v = argo_pod_json(run, task, &claims);
+    for (i, (volume, _)) in volumes.iter().enumerate() {
+        v["spec"]["volumes"][i + 1]["name"] = json!(volume);
+    }
+    affinity_assistant::pod::TaskPod::from_value(&v).unwrap()
+}
+
 /// What the webhook does: the plan, made again with the pod when it names claims the plan
 /// has not judged.
 fn admit(w: &World, p: &affinity_assistant::pod::TaskPod) -> affinity_assistant::core::Decision {
@@ -640,7 +654,9 @@ fn a_claim_named_by_an_input_parameter_is_judged_by_the_pod_that_mounts_it() {
     // Only the workflow volume the `build` template mounts is known before any pod.
     assert_eq!(placeholder_claims(&plan), vec![vec!["go-cache".to_string()]]);
 
-    // The first of two parallel pods: nothing is known of `shared` but the pod itself.
+    // The first of two parallel pods: nothing is known of `shared` but the pod itself. (Its
+    // volume is one the spec does not name, as a podSpecPatch adds: the claim groups with what
+    // the pod mounts, nothing else; `argo_pod` below names volumes as Argo does.)
     let a = pod(&run, "a", &["shared"]);
     let first = expect_pin(admit(&w, &a));
     // The second comes before the first reaches the caches: the same placeholder.
@@ -702,7 +718,12 @@ fn a_pod_groups_the_claims_it_mounts_together() {
     assert_eq!(pin.claims, vec!["go-cache".to_string(), "shared".to_string()]);
     let mut with = w.clone();
     with.mounts = vec![pod(&run, "build", &["shared", "go-cache"]).mounts().unwrap()];
-    assert_eq!(placeholder_claims(&with.plan()), vec![vec!["go-cache".to_string(), "shared".to_string()]]);
+    // The spec's placeholder first (the controller makes it before any pod), and the claim the
+    // pod names with it rides with it.
+    let plan = with.plan();
+    assert_eq!(placeholder_claims(&plan), vec![vec!["go-cache".to_string()]]);
+    assert_eq!(plan.placeholders[0].riders, name_set(&["shared"]));
+    assert_eq!(pin.placeholder, plan.placeholders[0].name.to_string());
 }
 
 #[test]
@@ -805,4 +826,202 @@ fn a_shared_volume_a_pinned_pod_mounts_rides_with_nothing() {
     });
     let plan = w.plan();
     assert!(plan.placeholders[0].riders.is_empty(), "{:?}", plan.placeholders[0].riders);
+}
+
+/// The pinned-pod record the controller's caches hold for a pod the webhook pinned.
+fn pinned_record(
+    run: &affinity_assistant::model::Run,
+    pod_name: &str,
+    placeholder: &str,
+    held: &[&str],
+    mounted: &[&str],
+) -> affinity_assistant::model::PinnedPod {
+    affinity_assistant::model::PinnedPod {
+        name: pod_name.into(),
+        run_uid: Some(run.uid.to_string()),
+        placeholder: placeholder.into(),
+        claims: set(held),
+        mounted: set(mounted),
+    }
+}
+
+#[test]
+fn parallel_pods_of_one_workflow_agree_on_the_holder_of_a_claim_only_pods_name() {
+    // Argo creates the `use` and `build` pods back to back: each is admitted before the other
+    // is in the caches. `build` mounts the parameter's claim with the cache, so whatever claim
+    // fills the `work` volume goes with the cache's placeholder, for both pods, in either order.
+    for build_first in [true, false] {
+        let wf = parameter_workflow("wf");
+        let mut w = World::new(vec![wf.clone()], rwo(&["shared", "go-cache"]));
+        let plan = w.plan();
+        w.apply(&plan, None);
+        let cache_holder = plan.placeholders[0].name.to_string();
+        let build = argo_pod(&wf, "b", &[("work", "shared"), ("cache", "go-cache")]);
+        let use_ = argo_pod(&wf, "a", &[("work", "shared")]);
+        let (first, second) = if build_first { (&build, &use_) } else { (&use_, &build) };
+        let one = expect_pin(admit(&w, first));
+        let two = expect_pin(admit(&w, second));
+        assert_eq!((&one.placeholder, &two.placeholder), (&cache_holder, &cache_holder), "build first: {build_first}");
+        // The controller, with both pinned pods: nothing else to make, nothing split.
+        w.mounts = vec![build.mounts().unwrap(), use_.mounts().unwrap()];
+        w.pinned = vec![
+            pinned_record(&wf, "b", &cache_holder, &["go-cache"], &["go-cache", "shared"]),
+            pinned_record(&wf, "a", &cache_holder, &["go-cache"], &["shared"]),
+        ];
+        let plan = w.plan();
+        assert_eq!(plan.placeholders.len(), 1, "{:?}", plan.placeholders);
+        assert!(plan.warnings.is_empty() && plan.runs[0].warnings.is_empty(), "{plan:?}");
+    }
+}
+
+#[test]
+fn a_pod_the_webhook_left_alone_calls_for_no_placeholder() {
+    // SPEC: a pod-level annotation opts that pod out. A placeholder made for the volume only it
+    // names could take the volume to another node while the pod waits for it.
+    let wf = parameter_workflow("wf");
+    let mut w = World::new(vec![wf.clone()], rwo(&["shared", "go-cache"]));
+    let mut v = argo_pod_json(&wf, "a", &["shared"]);
+    v["metadata"]["annotations"][names::ANNOTATION_ENABLED] = json!("false");
+    let p = affinity_assistant::pod::TaskPod::from_value(&v).unwrap();
+    assert_eq!(expect_skip(admit(&w, &p)).reason, affinity_assistant::core::SkipReason::OptedOut);
+    let cached: k8s_openapi::api::core::v1::Pod = serde_json::from_value(v).unwrap();
+    w.mounts = affinity_assistant::views::mounts_from_pod(&cached).into_iter().collect();
+    assert!(w.mounts.is_empty(), "only pinned pods name claims");
+    assert_eq!(placeholder_claims(&w.plan()), vec![vec!["go-cache".to_string()]]);
+}
+
+#[test]
+fn a_gone_placeholder_is_made_again_whichever_pinned_pod_comes_first() {
+    // P is pinned to aa-…(a) and also mounts `c`; Q is pinned to a placeholder holding `c`
+    // that was deleted. Q's placeholder comes back (I4) in either name order.
+    for (kept, gone) in [("aa-a", "aa-z"), ("aa-z", "aa-a")] {
+        let r = run("r", &[("w", "a")], &[("t", &["w"])]);
+        let other = run("other", &[], &[]);
+        let mut w = World::new(vec![r.clone()], rwo(&["a", "c"]));
+        w.placeholders.push(affinity_assistant::model::ExistingPlaceholder {
+            name: kept.into(),
+            claims: name_set(&["a"]),
+            owners: vec![affinity_assistant::model::OwnerRun { name: "r".into(), uid: uid("r").into() }],
+            pod_exists: true,
+            ..Default::default()
+        });
+        w.pinned =
+            vec![pinned_record(&r, "p", kept, &["a"], &["a", "c"]), pinned_record(&other, "q", gone, &["c"], &["c"])];
+        let plan = w.plan();
+        let made = plan.placeholder(gone).unwrap_or_else(|| panic!("{gone} not made again: {:?}", plan.warnings));
+        assert_eq!(made.claims, name_set(&["c"]));
+        assert!(plan.placeholder(kept).unwrap().riders.is_empty(), "`c` has its holder");
+    }
+}
+
+#[test]
+fn a_claim_a_pinned_pod_mounts_is_not_carried_where_its_volume_cannot_be_used() {
+    use affinity_assistant::model::NodeInfo;
+    use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
+    let in_zone = |z: &str| NodeSelector {
+        node_selector_terms: vec![NodeSelectorTerm {
+            match_expressions: Some(vec![NodeSelectorRequirement {
+                key: "topology.kubernetes.io/zone".into(),
+                operator: "In".into(),
+                values: Some(vec![z.into()]),
+            }]),
+            match_fields: None,
+        }],
+    };
+    let mut w = World::new(vec![run("a", &[("w", "cache")], &[("t", &["w"])])], rwo(&["cache", "src"]));
+    let first = w.plan();
+    let node = NodeInfo {
+        name: "node-b".into(),
+        labels: [("topology.kubernetes.io/zone".to_string(), "zone-b".to_string())].into(),
+        taints: vec![],
+    };
+    w.apply(&first, Some(&node));
+    let holder = first.placeholders[0].name.to_string();
+    let b = run("b", &[("c", "cache"), ("s", "src")], &[("build", &["c", "s"]), ("test", &["c", "s"])]);
+    w.runs.push(b.clone());
+    // `src` rides while unbound, and the first pod is pinned; then its volume binds in zone-a.
+    assert_eq!(expect_pin(admit(&w, &pod(&b, "build", &["cache", "src"]))).placeholder, holder);
+    w.pinned.push(pinned_record(&b, "b-build", &holder, &["cache"], &["cache", "src"]));
+    let src = w.claims.get_mut("src").unwrap();
+    src.bound = true;
+    src.volume_node_affinity = Some(in_zone("zone-a"));
+    let plan = w.plan();
+    assert!(plan.run("b", None).unwrap().unpinnable.contains_key("src"), "{:?}", plan.run("b", None));
+    let skip = expect_skip(affinity_assistant::core::decide(&pod(&b, "test", &["cache", "src"]), &plan, true));
+    assert_eq!(skip.reason, affinity_assistant::core::SkipReason::VolumeExcluded);
+}
+
+/// A `pipelineruns`-mode Workflow whose claims are all named by its pods.
+fn per_run_parameter_workflow(name: &str) -> affinity_assistant::model::Run {
+    let mut run = parameter_workflow(name);
+    run.created = Some("2026-01-02T00:00:00Z".into());
+    run.annotations.insert(names::ANNOTATION_MODE.into(), "pipelineruns".into());
+    run.bindings.retain(|b| b.source.claim().is_none());
+    run
+}
+
+#[test]
+fn a_per_run_workflow_whose_pods_name_its_claims_rides_with_the_holder_of_a_claim_held_elsewhere() {
+    let holder_run = run("holder", &[("w", "shared")], &[("t", &["w"])]);
+    let wf = per_run_parameter_workflow("wf");
+    let mut w = World::new(vec![holder_run, wf.clone()], rwo(&["shared", "scratch"]));
+    let plan = w.plan();
+    w.apply(&plan, None);
+    let shared_holder = plan.run("holder", None).unwrap().holders["shared"].to_string();
+    // No claimless placeholder before its pods name claims: it could sit where their volumes
+    // cannot be used.
+    assert_eq!(plan.run("wf", None).unwrap().home, None);
+    assert_eq!(plan.placeholders.len(), 1);
+    // A pod mounts the held claim and a new one: both go to the holder, not split.
+    let p = pod(&wf, "b", &["shared", "scratch"]);
+    assert_eq!(expect_pin(admit(&w, &p)).placeholder, shared_holder);
+    w.mounts.push(p.mounts().unwrap());
+    let plan = w.plan();
+    let rp = plan.run("wf", None).unwrap();
+    assert!(rp.warnings.is_empty(), "{:?}", rp.warnings);
+    assert_eq!(rp.home.as_ref().map(|h| h.to_string()), Some(shared_holder), "the run's one placeholder");
+    assert_eq!(rp.riders.keys().map(|c| c.as_str()).collect::<Vec<_>>(), vec!["scratch"]);
+    assert!(plan.delete.is_empty(), "{:?}", plan.delete);
+}
+
+#[test]
+fn first_wave_pods_naming_different_claims_go_to_the_placeholder_the_spec_makes() {
+    // A Workflow's volumeClaimTemplate `workdir` and, per fanned-out step, a claim named by an
+    // input parameter under the `data` volume. Argo creates the first pods before the
+    // controller has made the workdir's placeholder, back to back: each is decided without the
+    // other. Both go to the placeholder the spec alone calls for, named after `workdir`.
+    let wf = to_argo_run(&json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "wf", "namespace": NS, "uid": uid("wf"), "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"entrypoint": "main",
+            "volumeClaimTemplates": [{"metadata": {"name": "workdir"}, "spec": {"accessModes": ["ReadWriteOnce"]}}],
+            "templates": [
+                {"name": "main", "steps": [[{"name": "t", "template": "use", "withItems": ["x", "y"]}]]},
+                {"name": "use", "inputs": {"parameters": [{"name": "pvc"}]},
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "{{inputs.parameters.pvc}}"}}],
+                    "container": {"image": "busybox", "volumeMounts": [{"name": "workdir", "mountPath": "/w"},
+                        {"name": "data", "mountPath": "/d"}]}}]}
+    }));
+    let mut w = World::new(vec![wf.clone()], rwo(&["wf-workdir", "data-x", "data-y"]));
+    let spec_placeholder = w.plan().placeholders[0].name.to_string();
+    let x = argo_pod(&wf, "t-x", &[("workdir", "wf-workdir"), ("data", "data-x")]);
+    let y = argo_pod(&wf, "t-y", &[("workdir", "wf-workdir"), ("data", "data-y")]);
+    let (px, py) = (expect_pin(admit(&w, &x)), expect_pin(admit(&w, &y)));
+    assert_eq!(
+        (px.placeholder.as_str(), py.placeholder.as_str()),
+        (spec_placeholder.as_str(), spec_placeholder.as_str())
+    );
+    // The controller, with both pinned (x's annotation recorded what x's plan would have held).
+    w.mounts = vec![x.mounts().unwrap(), y.mounts().unwrap()];
+    w.pinned = vec![
+        pinned_record(&wf, "t-x", &px.placeholder, &["data-x", "wf-workdir"], &["data-x", "wf-workdir"]),
+        pinned_record(&wf, "t-y", &py.placeholder, &["data-y", "wf-workdir"], &["data-y", "wf-workdir"]),
+    ];
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1, "{:?}", plan.placeholders);
+    let p = &plan.placeholders[0];
+    assert_eq!(p.name.as_str(), spec_placeholder);
+    let carried: BTreeSet<Name> = p.claims.iter().chain(&p.riders).cloned().collect();
+    assert_eq!(carried, name_set(&["data-x", "data-y", "wf-workdir"]));
+    assert!(plan.warnings.is_empty() && plan.runs[0].warnings.is_empty(), "{:?}", plan);
 }

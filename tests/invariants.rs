@@ -4,7 +4,7 @@ mod common;
 
 use affinity_assistant::config::Mode;
 use affinity_assistant::core::{Decision, Plan, SkipReason, decide, pin::is_pin_term};
-use affinity_assistant::model::{ExistingPlaceholder, Name, PinnedPod, Run, RunPhase};
+use affinity_assistant::model::{ClaimSource, ExistingPlaceholder, Name, PinnedPod, Run, RunPhase};
 use affinity_assistant::names;
 use affinity_assistant::pod::TaskPod;
 use common::*;
@@ -24,6 +24,9 @@ struct RunSpec {
     active: bool,
     /// An Argo Workflow rather than a Tekton PipelineRun: every invariant holds for both.
     argo: bool,
+    /// Argo: bit `j` set makes volume `w{j}` name its claim by an input parameter (the claim
+    /// is then only known from the pods that mount it).
+    params: u8,
 }
 
 fn run_spec() -> impl Strategy<Value = RunSpec> {
@@ -38,8 +41,16 @@ fn run_spec() -> impl Strategy<Value = RunSpec> {
         ],
         prop_oneof![4 => Just(true), 1 => Just(false)],
         any::<bool>(),
+        any::<u8>(),
     )
-        .prop_map(|(bindings, tasks, mode, active, argo)| RunSpec { bindings, tasks, mode, active, argo })
+        .prop_map(|(bindings, tasks, mode, active, argo, params)| RunSpec {
+            bindings,
+            tasks,
+            mode,
+            active,
+            argo,
+            params,
+        })
 }
 
 fn build_run(i: usize, spec: &RunSpec) -> Run {
@@ -52,6 +63,11 @@ fn build_run(i: usize, spec: &RunSpec) -> Run {
     let tasks: Vec<(&str, &[&str])> = names.iter().zip(&task_ws).map(|(n, w)| (n.as_str(), w.as_slice())).collect();
     let name = format!("run-{i}");
     let mut v = if spec.argo { workflow_json(&name, &bindings, &tasks) } else { run_json(&name, &bindings, &tasks) };
+    if spec.argo {
+        for j in (0..bindings.len()).filter(|j| spec.params & (1 << j) != 0) {
+            v["spec"]["volumes"][j]["persistentVolumeClaim"]["claimName"] = json!("{{inputs.parameters.pvc}}");
+        }
+    }
     v["metadata"]["creationTimestamp"] = json!(format!("2026-01-01T00:{:02}:00Z", i % 60));
     if let Some(m) = spec.mode {
         v["metadata"]["annotations"][names::ANNOTATION_MODE] = json!(m.as_str());
@@ -222,24 +238,65 @@ proptest! {
 
     /// Claims first seen on a pod (an Argo claim named when the pod is built): pods admitted one
     /// after another, each decided as the webhook does (planned again with the pod when it names
-    /// claims the plan has not judged), the controller sometimes carrying out its plan between
-    /// two. Every pin keeps I1 and I2 in the plan it was made with, the controller's next plan
-    /// (with the pod in its caches) keeps or creates that very placeholder (I4), and a pod
-    /// admitted again later goes to the same one.
+    /// claims the plan has not judged). A pod reaches the caches at once, or only after later
+    /// pods were admitted (Argo creates a step group's pods back to back), and the controller
+    /// sometimes carries out its plan between two. Every pin keeps I1 and I2 in the plan it was
+    /// made with; once all pinned pods are in the caches, the controller's plan keeps I1 and
+    /// keeps or creates every placeholder a pod was pinned to (I4), and a pod admitted again
+    /// goes to the same one.
     #[test]
     fn claims_first_seen_on_pods_keep_i1_i2_and_i4(
         w in world(),
-        pods in proptest::collection::vec((0..10usize, proptest::collection::btree_set(0..CLAIMS.len(), 1..3), any::<bool>()), 0..8),
+        pods in proptest::collection::vec(
+            (0..10usize, proptest::collection::btree_set(0..CLAIMS.len(), 1..3), any::<bool>(), any::<bool>(), any::<bool>()), 0..8),
     ) {
         use affinity_assistant::core::pin::unplanned_claims;
         let mut w = w;
         let argo: Vec<Run> = w.runs.iter().filter(|r| r.engine == "argo").cloned().collect();
         prop_assume!(!argo.is_empty());
         let mut pinned: Vec<(TaskPod<'static>, String)> = Vec::new();
-        for (k, (r, claims, apply)) in pods.iter().enumerate() {
+        let mut in_flight: Vec<(affinity_assistant::model::PodMounts, PinnedPod)> = Vec::new();
+        for (k, (r, picks, from_template, seen, apply)) in pods.iter().enumerate() {
             let run = &argo[r % argo.len()];
-            let mounted: Vec<&str> = claims.iter().map(|&c| CLAIMS[c]).collect();
-            let pod = TaskPod::from_value(&pod_json(run, &format!("p{k}"), &mounted)).unwrap();
+            // A pod as Argo builds it for one of the run's templates: its volumes named after the
+            // template's, a parameter volume filled with a picked claim. Or, admitted only once
+            // the pod before it is in the caches, any claims under any volume names (what a
+            // podSpecPatch can do; racing such pods is a documented limitation).
+            let task = run.tasks.get(*r % run.tasks.len().max(1)).filter(|_| *from_template);
+            let volumes: Vec<(String, &str)> = match task {
+                Some(task) => {
+                    let mut picked = picks.iter().cycle();
+                    run.bindings
+                        .iter()
+                        .filter(|b| task.workspaces.as_ref().is_none_or(|ws| ws.iter().any(|w| *w == b.workspace)))
+                        .filter_map(|b| match &b.source {
+                            ClaimSource::Claim(c) => Some((b.workspace.to_string(), CLAIMS.iter().copied().find(|x| *x == c.as_str())?)),
+                            ClaimSource::NamedByPod { volume, .. } => Some((volume.to_string(), CLAIMS[*picked.next()?])),
+                            _ => None,
+                        })
+                        .collect()
+                }
+                None => picks.iter().map(|&c| (format!("w{}", c % 4), CLAIMS[c])).collect(),
+            };
+            let mut volumes = volumes;
+            volumes.sort_by(|a, b| a.1.cmp(b.1));
+            volumes.dedup_by(|a, b| a.1 == b.1);
+            if volumes.is_empty() {
+                continue;
+            }
+            let seen = *seen || task.is_none();
+            if task.is_none() {
+                for (m, p) in in_flight.drain(..) {
+                    w.mounts.push(m);
+                    w.pinned.push(p);
+                }
+            }
+            let mounted: Vec<&str> = volumes.iter().map(|(_, c)| *c).collect();
+            let mut v = pod_json(run, &format!("p{k}"), &mounted);
+            for (i, (volume, _)) in volumes.iter().enumerate() {
+                v["spec"]["volumes"][i + 1]["name"] = json!(volume);
+            }
+            let pod = TaskPod::from_value(&v).unwrap();
             let cached = w.plan();
             let plan = if unplanned_claims(&pod, &cached).is_empty() {
                 cached
@@ -249,9 +306,6 @@ proptest! {
                 with.plan()
             };
             check_i1(&plan)?;
-            w.mounts.push(pod.mounts().unwrap());
-            let after = w.plan();
-            check_i1(&after)?;
             if let Decision::Pin(pin) = decide(&pod, &plan, true) {
                 let holder = plan.placeholder(&pin.placeholder).expect("pinned to a planned placeholder");
                 let rp = plan.run(&run.name, Some(&run.uid)).unwrap();
@@ -260,22 +314,39 @@ proptest! {
                         prop_assert!(holder.claims.contains(*c) || holder.riders.contains(*c), "I2: {} neither holds nor carries {}", &holder.name, c);
                     }
                 }
-                let kept = after.placeholder(&pin.placeholder);
-                prop_assert!(kept.is_some() && !after.delete.contains(&holder.name), "I4: the controller would not make {}", &pin.placeholder);
-                w.pinned.push(PinnedPod {
+                // Only a pinned pod names claims to the controller (its caches read them of pinned pods).
+                let record = PinnedPod {
                     name: format!("p{k}"),
                     run_uid: Some(run.uid.to_string()),
                     placeholder: pin.placeholder.clone(),
                     claims: holder.claims.iter().map(|c| c.to_string()).collect(),
                     mounted: mounted.iter().map(|c| c.to_string()).collect(),
-                });
+                };
+                in_flight.push((pod.mounts().unwrap(), record));
                 pinned.push((pod, pin.placeholder.clone()));
             }
+            if seen {
+                for (m, p) in in_flight.drain(..) {
+                    w.mounts.push(m);
+                    w.pinned.push(p);
+                }
+            }
             if *apply {
-                w.apply(&after, None);
+                let plan = w.plan();
+                check_i1(&plan)?;
+                w.apply(&plan, None);
             }
         }
+        for (m, p) in in_flight.drain(..) {
+            w.mounts.push(m);
+            w.pinned.push(p);
+        }
         let plan = w.plan();
+        check_i1(&plan)?;
+        for (_, placeholder) in &pinned {
+            prop_assert!(plan.placeholder(placeholder).is_some() && !plan.delete.iter().any(|d| d == placeholder),
+                "I4: nothing would make {} again: {:?}", placeholder, plan.warnings);
+        }
         w.apply(&plan, None);
         let plan = w.plan();
         for (pod, placeholder) in &pinned {

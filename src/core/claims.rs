@@ -107,7 +107,7 @@ pub fn run_claims<'p>(run: &Run, pvc: impl Fn(&str) -> Option<&'p ClaimInfo>, mi
     for b in &run.bindings {
         let Some(claim) = b.source.claim_name() else {
             let (claim, reason) = match &b.source {
-                ClaimSource::NamedByPod(expr) => (Some(expr.clone()), IgnoreReason::NamedByPod),
+                ClaimSource::NamedByPod { expr, .. } => (Some(expr.clone()), IgnoreReason::NamedByPod),
                 _ => (None, IgnoreReason::NotAClaim),
             };
             out.ignored.push(IgnoredBinding { workspace: b.workspace.clone(), claim, reason });
@@ -141,17 +141,22 @@ pub fn run_claims<'p>(run: &Run, pvc: impl Fn(&str) -> Option<&'p ClaimInfo>, mi
 /// The task name of what [`adopt_pod_claims`] adds: claims used together by a pod.
 pub const POD_TASK: &str = "(pod)";
 
-/// The workspace [`adopt_pod_claims`] binds a claim first seen on a pod to.
+/// The prefix of the workspace [`adopt_pod_claims`] binds a claim first seen on a pod to.
+const POD_WORKSPACE: &str = "(pod)/";
+
 fn pod_workspace(claim: &str) -> Name {
-    format!("(pod)/{claim}").into()
+    format!("{POD_WORKSPACE}{claim}").into()
 }
 
 /// Runs whose claims come from their pods ([`Run::claims_from_pods`]) with the claims those
 /// pods mount added where no binding names them (SPEC: what a pod mounts is read from the pod
-/// at admission). Each set of claims used together counts as one task: an unfinished pod's
-/// mounts, and the claims of a placeholder the run owns (so a claim stays the run's after the
-/// pods that mounted it finish, and its placeholder stays while the run is active). `None`
-/// when nothing changes, the common case: nothing is copied.
+/// at admission). Each set of claims used together counts as one task: a pinned pod's mounts,
+/// and the claims of a placeholder the run owns (so a claim stays the run's after the pods that
+/// mounted it finish, and its placeholder stays while the run is active). A claim a pod mounts
+/// under the volume of a [`ClaimSource::NamedByPod`] binding also joins every task that uses
+/// that binding, as the spec says: every pod of the run then groups it the same way, whichever
+/// of its sibling pods the caches have seen. `None` when nothing changes, the common case:
+/// nothing is copied.
 pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[ExistingPlaceholder]) -> Option<Vec<Run>> {
     if !runs.iter().any(|r| r.claims_from_pods) {
         return None;
@@ -160,30 +165,27 @@ pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[Existi
     for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.claims_from_pods) {
         by_uid.entry(r.uid.as_str()).or_insert(i);
     }
-    // Per run, the claim sets that name a claim none of its bindings does.
-    let mut sets: BTreeMap<usize, BTreeSet<Vec<&Name>>> = BTreeMap::new();
-    let undeclared = |run: &Run, claims: &[&Name]| {
-        claims.iter().any(|c| !run.bindings.iter().any(|b| b.source.claim() == Some(c.as_str())))
-    };
+    // Per run, the claim sets that name a claim none of its bindings does, each claim with the
+    // pod volume it came under (none for a placeholder's).
+    type ClaimSet<'p> = Vec<(&'p Name, Option<&'p Name>)>;
+    let mut sets: BTreeMap<usize, BTreeSet<ClaimSet<'_>>> = BTreeMap::new();
+    let declared = |run: &Run, claim: &str| run.bindings.iter().any(|b| b.source.claim() == Some(claim));
     for p in pods {
         let found = match &p.run_uid {
             Some(uid) => by_uid.get(uid.as_str()).copied().filter(|&i| p.is_of(&runs[i])),
             None => runs.iter().position(|r| r.claims_from_pods && p.is_of(r)),
         };
-        let claims: Vec<&Name> = p.claims.iter().collect();
-        if let Some(i) = found
-            && undeclared(&runs[i], &claims)
-        {
-            sets.entry(i).or_default().insert(claims);
+        let Some(i) = found else { continue };
+        if p.claims.iter().any(|c| !declared(&runs[i], &c.claim)) {
+            sets.entry(i).or_default().insert(p.claims.iter().map(|c| (&c.claim, Some(&c.volume))).collect());
         }
     }
     for p in placeholders {
-        let claims: Vec<&Name> = p.claims.iter().collect();
         for o in &p.owners {
             if let Some(&i) = by_uid.get(o.uid.as_str())
-                && undeclared(&runs[i], &claims)
+                && p.claims.iter().any(|c| !declared(&runs[i], c))
             {
-                sets.entry(i).or_default().insert(claims.clone());
+                sets.entry(i).or_default().insert(p.claims.iter().map(|c| (c, None)).collect());
             }
         }
     }
@@ -193,30 +195,62 @@ pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[Existi
     let mut out = runs.to_vec();
     for (i, sets) in sets {
         let run = &mut out[i];
+        let spec_tasks = run.tasks.len();
+        let mut usages: BTreeSet<Vec<String>> = BTreeSet::new();
         for set in sets {
-            let mut workspaces = Vec::with_capacity(set.len());
-            for &c in &set {
-                let bound = run.bindings.iter().find(|b| b.source.claim() == Some(c.as_str()));
-                let workspace = match bound {
+            let mut together = Vec::with_capacity(set.len());
+            for (claim, volume) in set {
+                let workspace = match run.bindings.iter().find(|b| b.source.claim() == Some(claim.as_str())) {
                     Some(b) => b.workspace.clone(),
                     None => {
-                        let workspace = pod_workspace(c);
+                        let workspace = pod_workspace(claim);
                         run.bindings
-                            .push(Binding { workspace: workspace.clone(), source: ClaimSource::Claim(c.clone()) });
+                            .push(Binding { workspace: workspace.clone(), source: ClaimSource::Claim(claim.clone()) });
+                        // The tasks that mount this volume, or a volume named by the same
+                        // expression, mount the claim with their others.
+                        let exprs: Vec<&Name> = run
+                            .bindings
+                            .iter()
+                            .filter_map(|b| match &b.source {
+                                ClaimSource::NamedByPod { expr, volume: v } if Some(v) == volume => Some(expr),
+                                _ => None,
+                            })
+                            .collect();
+                        for t in run.tasks[..spec_tasks].iter() {
+                            let Some(ws) = &t.workspaces else { continue };
+                            let fills = ws.iter().any(|w| {
+                                run.bindings.iter().any(|b| {
+                                    b.workspace == *w
+                                        && matches!(&b.source, ClaimSource::NamedByPod { expr, volume: v }
+                                            if Some(v) == volume || exprs.contains(&expr))
+                                })
+                            });
+                            if fills {
+                                let mut ws = ws.clone();
+                                ws.push(workspace.to_string());
+                                usages.insert(ws);
+                            }
+                        }
                         workspace
                     }
                 };
-                workspaces.push(workspace.to_string());
+                together.push(workspace.to_string());
             }
-            run.tasks.push(TaskUsage {
-                name: POD_TASK.into(),
-                finally: false,
-                workspaces: Some(workspaces),
-                scheduling: None,
-            });
+            usages.insert(together);
         }
+        run.tasks.extend(usages.into_iter().map(|ws| TaskUsage {
+            name: POD_TASK.into(),
+            finally: false,
+            workspaces: Some(ws),
+            scheduling: None,
+        }));
     }
     Some(out)
+}
+
+/// Whether `claim` is the run's only because its pods mount it ([`adopt_pod_claims`]).
+pub(crate) fn is_pod_named(run: &Run, claim: &str) -> bool {
+    !run.bindings.iter().any(|b| b.source.claim() == Some(claim) && !b.workspace.starts_with(POD_WORKSPACE))
 }
 
 /// The claims each task mounts (managed or not), by task name; a task whose usage cannot be

@@ -283,12 +283,17 @@ struct Builder<'a> {
 /// The plan for one namespace.
 pub fn plan(state: &NamespaceState<'_>) -> Plan {
     match claims::adopt_pod_claims(state.runs, state.task_pods, state.placeholders) {
-        Some(runs) => build(&NamespaceState { runs: &runs, ..*state }),
-        None => build(state),
+        Some(adopted) => build(state, Some(&adopted)),
+        None => build(state, None),
     }
 }
 
-fn build(state: &NamespaceState<'_>) -> Plan {
+/// `adopted`: the runs with the claims their pods name ([`claims::adopt_pod_claims`]), by
+/// index as in `state.runs`. Every run is planned from its spec first, and only then with what
+/// its pods named: a claim a pod names joins what the specs decided (the placeholders the
+/// controller made before the pod came), never the other way round, so the webhook, deciding
+/// with the pod, and the controller, planning before it saw the pod, agree.
+fn build<'a>(state: &'a NamespaceState<'a>, adopted: Option<&'a [Run]>) -> Plan {
     let mut b = Builder {
         state,
         pvcs: state.claims.iter().map(|(name, pvc)| (name.as_str(), pvc)).collect(),
@@ -319,8 +324,13 @@ fn build(state: &NamespaceState<'_>) -> Plan {
 
     let mut pinned: Vec<&PinnedPod> = state.pinned_pods.iter().collect();
     pinned.sort_by(|a, c| (&a.placeholder, &a.name).cmp(&(&c.placeholder, &c.name)));
-    for p in pinned {
+    for &p in &pinned {
         b.add_pinned_demand(p);
+    }
+    // Only once every pinned pod's placeholder is in: which pod comes first must not decide
+    // whether a gone placeholder can be made again.
+    for p in pinned {
+        b.carry_mounted(p);
     }
     for (i, slot) in b.slots.iter().enumerate() {
         if !state.config.enabled {
@@ -336,7 +346,18 @@ fn build(state: &NamespaceState<'_>) -> Plan {
         }
     }
 
-    let runs: Vec<RunPlan> = order.iter().enumerate().map(|(seq, &(.., i))| b.plan_run(i, seq)).collect();
+    let mut runs: Vec<RunPlan> =
+        order.iter().enumerate().map(|(seq, &(.., i))| b.plan_run(i, seq, &state.runs[i])).collect();
+    if let Some(adopted) = adopted {
+        for (seq, &(.., i)) in order.iter().enumerate() {
+            let run = &adopted[i];
+            if run.bindings.len() == state.runs[i].bindings.len() && run.tasks.len() == state.runs[i].tasks.len() {
+                continue;
+            }
+            b.conflicts.retain(|c| c.run != run.name);
+            runs[seq] = b.plan_run(i, seq, run);
+        }
+    }
     b.finish(runs)
 }
 
@@ -414,7 +435,6 @@ impl<'a> Builder<'a> {
         if let Some(&idx) = self.by_name.get(p.placeholder.as_str()) {
             self.slots[idx].pinned_pods.push(p.name.clone());
             self.slots[idx].pinned_runs.extend(p.run_uid.as_deref());
-            self.carry_mounted(idx, p);
             return;
         }
         if let Some((c, &other)) = p.claims.iter().find_map(|c| self.holder.get(c.as_str()).map(|o| (c, o))) {
@@ -449,31 +469,41 @@ impl<'a> Builder<'a> {
             pod_exists: false,
             refused: None,
         };
-        let idx = self.add_slot(slot, p.claims.iter().map(String::as_str));
-        self.carry_mounted(idx, p);
+        self.add_slot(slot, p.claims.iter().map(String::as_str));
     }
 
     /// The claims a pinned pod mounts that nobody holds ride with its placeholder: its volumes
     /// are on that node while it runs, so whatever else mounts them must go there too, whichever
-    /// run asks first (a rider is otherwise decided anew by every plan).
-    fn carry_mounted(&mut self, idx: usize, p: &'a PinnedPod) {
+    /// run asks first (a rider is otherwise decided anew by every plan). Not a claim whose
+    /// bound volume cannot be used on that node (or whose node is not known yet): the runs'
+    /// plans judge that one, and leave its pods unpinned where it cannot be used (I5).
+    fn carry_mounted(&mut self, p: &'a PinnedPod) {
+        let Some(&idx) = self.by_name.get(p.placeholder.as_str()) else { return };
         for c in &p.mounted {
+            let Some(pvc) = self.pvcs.get(c.as_str()) else { continue };
             // Only a claim that could be managed: a shared volume may be anywhere.
-            let manageable = self
-                .pvcs
-                .get(c.as_str())
-                .is_some_and(|pvc| !pvc.deleted && claims::access_verdict(pvc.access_modes()).is_ok());
-            if manageable && !self.holder.contains_key(c.as_str()) {
+            if pvc.deleted
+                || claims::access_verdict(pvc.access_modes()).is_err()
+                || self.holder.contains_key(c.as_str())
+            {
+                continue;
+            }
+            let usable = match (&pvc.volume_node_affinity, &self.slots[idx].node) {
+                (None, _) => true,
+                (Some(sel), Some(node)) => scheduling::node_selector_matches(sel, node),
+                (Some(_), None) => false,
+            };
+            if usable {
                 self.holder.insert(c.as_str(), idx);
                 self.slots[idx].riders.insert(Name::from(c));
             }
         }
     }
 
-    /// Plans run `ri`, the `seq`-th in planning order.
-    fn plan_run(&mut self, ri: usize, seq: usize) -> RunPlan {
+    /// Plans run `ri`, the `seq`-th in planning order, as `run` has it (its spec, or its spec
+    /// and what its pods named).
+    fn plan_run(&mut self, ri: usize, seq: usize, run: &'a Run) -> RunPlan {
         let state = self.state;
-        let run = &state.runs[ri];
         let run_claims = claims::run_claims(run, |c| self.pvcs.get(c).copied(), state.missing_claims);
         let mut warnings = Vec::new();
         // Empty unless the add-on is disabled (see `owned_by`).
@@ -553,25 +583,48 @@ impl<'a> Builder<'a> {
                 s.name.clear();
                 names::push_placeholder_name(&mut s.name, NameSeed::Run { name: &run.name, uid: &run.uid });
                 match self.by_name.get(s.name.as_str()) {
-                    Some(&i) if usable(i) && (group.is_empty() || self.slots[i].existing) => home = Some(i),
-                    None if group.is_empty() && may_create => {
+                    // It exists, or a pinned pod needs it.
+                    Some(&i) if usable(i) => home = Some(i),
+                    // Not for a run whose claims its pods will name: a claimless placeholder
+                    // placed before them could sit where their volumes cannot be used; the
+                    // placeholder of the first claim they name is the run's one instead.
+                    None if group.is_empty() && may_create && !names_claims_by_pod(run) => {
                         home = Some(self.add_new(s.name.as_str().into(), &[], mode, ri))
                     }
                     _ => {}
                 }
             }
-            if let Some(i) = home {
+            // The run's own claimless placeholder takes the claims nobody holds only when no
+            // other placeholder holds any of the group (a claim already held keeps its holder,
+            // and the new ones ride with that): pods that mount claims never need both.
+            let others = s.targets.len();
+            let rides_with = match others {
+                0 => home,
+                1 => Some(s.targets[0]),
+                _ => None,
+            };
+            if let Some(i) = home.filter(|_| others == 0) {
                 insert_sorted(&mut s.targets, i);
             }
-            let rides_with = home.or((s.targets.len() == 1).then(|| s.targets[0]));
             if let (false, Some(t)) = (s.remainder.is_empty(), rides_with) {
                 // The claims nobody holds ride with the one placeholder that holds the others
                 // (or the run's own): a second placeholder would be sent wherever the scheduler
                 // likes, away from the first, and the pods that mount both could never run.
                 self.ride(&mut rp, t, &s.remainder);
             } else if !s.remainder.is_empty() && may_create {
+                // Named after the claims the run's spec names, where there are any: the pods
+                // that name other claims with them (each admitted before the caches saw the
+                // others) then all go to the placeholder the spec alone would make.
                 s.name.clear();
-                names::push_claims_placeholder_name(&mut s.name, s.remainder.iter().map(|c| c.as_str()));
+                let spec_named = |c: &&&Name| !claims::is_pod_named(run, c);
+                if s.remainder.iter().any(|c| spec_named(&c)) {
+                    names::push_claims_placeholder_name(
+                        &mut s.name,
+                        s.remainder.iter().filter(spec_named).map(|c| c.as_str()),
+                    );
+                } else {
+                    names::push_claims_placeholder_name(&mut s.name, s.remainder.iter().map(|c| c.as_str()));
+                }
                 if let Some(&taken) = self.by_name.get(s.name.as_str()) {
                     rp.warnings.push(format!(
                         "placeholder name {} is taken by a placeholder holding [{}]; claims [{}] are not held",
@@ -629,6 +682,10 @@ impl<'a> Builder<'a> {
                 && let Some(i) = home.or((targets.len() == 1).then(|| targets[0]))
             {
                 rp.home = Some(self.slots[i].name.clone());
+            }
+            if let Some(i) = home.filter(|i| !targets.contains(i)) {
+                // It holds nothing: it only needs the run as a user, for the pods with no claim.
+                insert_sorted(&mut self.slots[i].users, ri);
             }
             for &i in targets {
                 let slot = &mut self.slots[i];
@@ -770,6 +827,11 @@ static NO_SCHEDULING: Scheduling = Scheduling {
     image_pull_secrets: Vec::new(),
     priority_class_name: None,
 };
+
+/// The run's spec leaves some claim for its pods to name.
+fn names_claims_by_pod(run: &Run) -> bool {
+    run.bindings.iter().any(|b| matches!(b.source, crate::model::ClaimSource::NamedByPod { .. }))
+}
 
 fn join<'s>(names: impl IntoIterator<Item = &'s str>) -> String {
     names.into_iter().collect::<Vec<_>>().join(", ")

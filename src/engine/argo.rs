@@ -358,7 +358,12 @@ impl WorkflowSpec {
                 name = name.replace(&format!("{{{{workflow.parameters.{}}}}}", p.name), value);
             }
         }
-        if is_parameter(&name) { ClaimSource::NamedByPod(name.into()) } else { ClaimSource::Claim(name.into()) }
+        if is_parameter(&name) {
+            // Argo names a pod's volumes after the template's.
+            ClaimSource::NamedByPod { expr: name.into(), volume: v.name.as_str().into() }
+        } else {
+            ClaimSource::Claim(name.into())
+        }
     }
 
     /// Each template's mounts, as workspaces; `None` where the spec cannot tell.
@@ -507,7 +512,10 @@ mod tests {
                 ("own/scratch", Some("scratch")),
             ]
         );
-        assert_eq!(run.bindings[2].source, ClaimSource::NamedByPod("{{inputs.parameters.pvc}}".into()));
+        assert_eq!(
+            run.bindings[2].source,
+            ClaimSource::NamedByPod { expr: "{{inputs.parameters.pvc}}".into(), volume: "param".into() }
+        );
         assert!(run.claims_from_pods, "what an Argo pod mounts is read from the pod");
         let usage: Vec<(&str, Option<Vec<String>>)> =
             run.tasks.iter().map(|t| (t.name.as_str(), t.workspaces.clone())).collect();
