@@ -437,30 +437,37 @@ fn runs_started_together_around_a_shared_cache_share_one_placeholder() {
     }
 }
 
-#[test]
-fn a_rider_whose_volume_cannot_be_used_on_the_holders_node_is_not_pinned() {
-    use affinity_assistant::model::NodeInfo;
+/// A PersistentVolume's node affinity to one zone.
+fn in_zone(zone: &str) -> k8s_openapi::api::core::v1::NodeSelector {
     use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
-    let zone = |z: &str| NodeSelector {
+    NodeSelector {
         node_selector_terms: vec![NodeSelectorTerm {
             match_expressions: Some(vec![NodeSelectorRequirement {
                 key: "topology.kubernetes.io/zone".into(),
                 operator: "In".into(),
-                values: Some(vec![z.into()]),
+                values: Some(vec![zone.into()]),
             }]),
             match_fields: None,
         }],
-    };
+    }
+}
+
+fn node_in_zone(name: &str, zone: &str) -> affinity_assistant::model::NodeInfo {
+    affinity_assistant::model::NodeInfo {
+        name: name.into(),
+        labels: [("topology.kubernetes.io/zone".to_string(), zone.to_string())].into(),
+        taints: vec![],
+    }
+}
+
+#[test]
+fn a_rider_whose_volume_cannot_be_used_on_the_holders_node_is_not_pinned() {
     let mut claims = rwo(&["cache", "src"]);
     claims.get_mut("src").unwrap().bound = true;
-    claims.get_mut("src").unwrap().volume_node_affinity = Some(zone("zone-a"));
+    claims.get_mut("src").unwrap().volume_node_affinity = Some(in_zone("zone-a"));
     let mut w = World::new(vec![run("a", &[("w", "cache")], &[("t", &["w"])])], claims);
     let first = w.plan();
-    let node = NodeInfo {
-        name: "node-b".into(),
-        labels: [("topology.kubernetes.io/zone".to_string(), "zone-b".to_string())].into(),
-        taints: vec![],
-    };
+    let node = node_in_zone("node-b", "zone-b");
     w.apply(&first, Some(&node));
     let b = run("b", &[("c", "cache"), ("s", "src")], &[("build", &["c", "s"])]);
     w.runs.push(b.clone());
@@ -473,7 +480,7 @@ fn a_rider_whose_volume_cannot_be_used_on_the_holders_node_is_not_pinned() {
     assert_eq!(s.reason, affinity_assistant::core::SkipReason::VolumeExcluded);
     assert!(s.reason.warns());
     // In its own zone it rides.
-    w.claims.get_mut("src").unwrap().volume_node_affinity = Some(zone("zone-b"));
+    w.claims.get_mut("src").unwrap().volume_node_affinity = Some(in_zone("zone-b"));
     let plan = w.plan();
     expect_pin(affinity_assistant::core::decide(&pod(&b, "build", &["cache", "src"]), &plan, true));
 }
@@ -916,25 +923,9 @@ fn a_gone_placeholder_is_made_again_whichever_pinned_pod_comes_first() {
 
 #[test]
 fn a_claim_a_pinned_pod_mounts_is_not_carried_where_its_volume_cannot_be_used() {
-    use affinity_assistant::model::NodeInfo;
-    use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
-    let in_zone = |z: &str| NodeSelector {
-        node_selector_terms: vec![NodeSelectorTerm {
-            match_expressions: Some(vec![NodeSelectorRequirement {
-                key: "topology.kubernetes.io/zone".into(),
-                operator: "In".into(),
-                values: Some(vec![z.into()]),
-            }]),
-            match_fields: None,
-        }],
-    };
     let mut w = World::new(vec![run("a", &[("w", "cache")], &[("t", &["w"])])], rwo(&["cache", "src"]));
     let first = w.plan();
-    let node = NodeInfo {
-        name: "node-b".into(),
-        labels: [("topology.kubernetes.io/zone".to_string(), "zone-b".to_string())].into(),
-        taints: vec![],
-    };
+    let node = node_in_zone("node-b", "zone-b");
     w.apply(&first, Some(&node));
     let holder = first.placeholders[0].name.to_string();
     let b = run("b", &[("c", "cache"), ("s", "src")], &[("build", &["c", "s"]), ("test", &["c", "s"])]);
