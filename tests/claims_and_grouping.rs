@@ -1016,3 +1016,36 @@ fn first_wave_pods_naming_different_claims_go_to_the_placeholder_the_spec_makes(
     assert_eq!(carried, name_set(&["data-x", "data-y", "wf-workdir"]));
     assert!(plan.warnings.is_empty() && plan.runs[0].warnings.is_empty(), "{:?}", plan);
 }
+
+#[test]
+fn pods_of_a_template_from_another_workflow_template_are_pinned_by_what_they_mount() {
+    // Steps with `templateRef` run a template of another WorkflowTemplate: nothing in this
+    // Workflow's own templates mounts its volumeClaimTemplate, so only its pods say so.
+    let wf = to_argo_run(&json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "wf", "namespace": NS, "uid": uid("wf"), "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"entrypoint": "main",
+            "volumeClaimTemplates": [{"metadata": {"name": "workdir"}, "spec": {"accessModes": ["ReadWriteOnce"]}}],
+            "templates": [{"name": "main", "steps": [[
+                {"name": "a", "templateRef": {"name": "ci-lib", "template": "test"}},
+                {"name": "b", "templateRef": {"name": "ci-lib", "template": "test"}}]]}]}
+    }));
+    let mut w = World::new(vec![wf.clone()], rwo(&["wf-workdir"]));
+    assert!(w.plan().placeholders.is_empty(), "no template of its own mounts the claim");
+    let a = argo_pod(&wf, "a", &[("workdir", "wf-workdir")]);
+    let b = argo_pod(&wf, "b", &[("workdir", "wf-workdir")]);
+    let (pa, pb) = (expect_pin(admit(&w, &a)), expect_pin(admit(&w, &b)));
+    assert_eq!(pa.placeholder, pb.placeholder);
+    w.mounts = vec![a.mounts().unwrap()];
+    w.pinned = vec![pinned_record(&wf, "a", &pa.placeholder, &["wf-workdir"], &["wf-workdir"])];
+    let plan = w.plan();
+    assert_eq!(plan.placeholders.len(), 1);
+    assert_eq!(plan.placeholders[0].name.as_str(), pa.placeholder);
+    w.apply(&plan, None);
+    // The pods finished: the Workflow keeps the placeholder it owns for its next steps.
+    w.mounts.clear();
+    w.pinned.clear();
+    let plan = w.plan();
+    assert!(plan.delete.is_empty(), "{:?}", plan.delete);
+    assert_eq!(expect_pin(admit(&w, &argo_pod(&wf, "c", &[("workdir", "wf-workdir")]))).placeholder, pa.placeholder);
+}

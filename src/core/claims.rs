@@ -169,21 +169,29 @@ pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[Existi
     // pod volume it came under (none for a placeholder's).
     type ClaimSet<'p> = Vec<(&'p Name, Option<&'p Name>)>;
     let mut sets: BTreeMap<usize, BTreeSet<ClaimSet<'_>>> = BTreeMap::new();
-    let declared = |run: &Run, claim: &str| run.bindings.iter().any(|b| b.source.claim() == Some(claim));
+    // A claim the spec leaves to the pods: no binding names it, or no task of the spec mounts
+    // it (an Argo step's `templateRef` runs a template of another WorkflowTemplate).
+    let mut spec_used: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
+    let mut from_pods = |i: usize, claim: &str| {
+        let used = spec_used
+            .entry(i)
+            .or_insert_with(|| task_claim_refs(&runs[i]).into_iter().flat_map(|(_, claims)| claims).collect());
+        !used.contains(claim)
+    };
     for p in pods {
         let found = match &p.run_uid {
             Some(uid) => by_uid.get(uid.as_str()).copied().filter(|&i| p.is_of(&runs[i])),
             None => runs.iter().position(|r| r.claims_from_pods && p.is_of(r)),
         };
         let Some(i) = found else { continue };
-        if p.claims.iter().any(|c| !declared(&runs[i], &c.claim)) {
+        if p.claims.iter().any(|c| from_pods(i, &c.claim)) {
             sets.entry(i).or_default().insert(p.claims.iter().map(|c| (&c.claim, Some(&c.volume))).collect());
         }
     }
     for p in placeholders {
         for o in &p.owners {
             if let Some(&i) = by_uid.get(o.uid.as_str())
-                && p.claims.iter().any(|c| !declared(&runs[i], c))
+                && p.claims.iter().any(|c| from_pods(i, c))
             {
                 sets.entry(i).or_default().insert(p.claims.iter().map(|c| (c, None)).collect());
             }

@@ -338,8 +338,12 @@ pub fn unplanned_claims<'p>(pod: &'p TaskPod, plan: &Plan) -> Vec<&'p str> {
     if !run.claims_from_pods || run.status != RunStatus::Managed {
         return Vec::new();
     }
+    // Left alone, or given a placeholder (or a reason for none). A managed claim with neither is
+    // one no task of the spec mounts: its pods say what it goes with.
     let judged = |c: &str| {
-        run.claims.iter().any(|m| m.name == c) || run.ignored.iter().any(|i| i.claim.as_ref().is_some_and(|n| n == c))
+        run.holders.contains_key(c)
+            || run.unpinnable.contains_key(c)
+            || run.ignored.iter().any(|i| i.claim.as_ref().is_some_and(|n| n == c))
     };
     pod.claims().into_iter().filter(|c| !judged(c)).collect()
 }
