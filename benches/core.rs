@@ -109,6 +109,7 @@ fn active_run(name: String, uid: String, created: String, bindings: Vec<Binding>
         definition: None,
         task_overrides: Vec::new(),
         claims_from_pods: false,
+        cluster_definition: false,
     }
 }
 

@@ -178,12 +178,23 @@ impl CacheDecider {
             return read;
         }
         let Some(rp) = plan.run(&run_ref.name, run_ref.uid.as_deref()) else { return false };
+        let kind = |run: &Run| {
+            if run.cluster_definition { engine.cluster_definition_kind() } else { engine.definition_kind() }
+        };
         if rp.status == RunStatus::NotActive(RunPhase::AwaitingSpec)
             && let Some(run) = self.run_of(ns, engine.name(), &run_ref.name, reads)
-            && let (Some(name), Some(kind)) = (run.definition.as_ref(), engine.definition_kind())
+            && let (Some(name), Some(kind)) = (run.definition.as_ref(), kind(&run))
             && reads.tried.insert(("definition", name.to_string()))
             && let Some(obj) = self
-                .get(Api::<DynamicObject>::namespaced_with(client.clone(), ns, &kind.api_resource()), name, deadline)
+                .get(
+                    if run.cluster_definition {
+                        Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource())
+                    } else {
+                        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &kind.api_resource())
+                    },
+                    name,
+                    deadline,
+                )
                 .await
             && let Ok(def) = engine.definition(&obj.metadata, &obj.data)
         {

@@ -204,6 +204,9 @@ pub fn rules(options: &Options) -> Vec<(Scope, Vec<Grant>)> {
         // Before creating a placeholder with a configured priority class: does it exist?
         grant("scheduling.k8s.io", "priorityclasses", &["get"]),
     ];
+    for e in crate::engine::engines() {
+        cluster.extend(e.cluster_rbac().into_iter().map(|(group, resource, verbs)| grant(group, resource, verbs)));
+    }
     let mut own = vec![
         grant("", "configmaps", &["list", "watch"]),
         grant("coordination.k8s.io", "leases", &["get", "list", "watch", "create", "patch"]),

@@ -159,6 +159,9 @@ pub struct Run {
     /// Tekton Pipeline, an Argo WorkflowTemplate), which the add-on can read itself. `None`
     /// with `AwaitingSpec`: only the engine knows it yet (a Tekton resolver).
     pub definition: Option<Name>,
+    /// That definition is cluster-scoped (Argo's ClusterWorkflowTemplate,
+    /// [`crate::engine::Engine::cluster_definition_kind`]).
+    pub cluster_definition: bool,
     /// Per-task scheduling overrides, by task name, applied to a definition's tasks when the
     /// run is resolved against it (Tekton `taskRunSpecs[].podTemplate`).
     pub task_overrides: Vec<(String, Scheduling)>,

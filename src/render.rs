@@ -158,8 +158,11 @@ fn engine_of(api: &str, kind: &str) -> Option<(&'static dyn Engine, bool)> {
         if run.api_version() == api && run.kind == kind {
             return Some((e, true));
         }
-        let def = e.definition_kind()?;
-        (def.api_version() == api && def.kind == kind).then_some((e, false))
+        [e.definition_kind(), e.cluster_definition_kind()]
+            .into_iter()
+            .flatten()
+            .any(|def| def.api_version() == api && def.kind == kind)
+            .then_some((e, false))
     })
 }
 
@@ -167,7 +170,7 @@ fn engine_of(api: &str, kind: &str) -> Option<(&'static dyn Engine, bool)> {
 fn other_version(api: &str, kind: &str) -> Option<String> {
     let group = api.split('/').next()?;
     crate::engine::engines().iter().find_map(|e| {
-        [Some(e.run_kind()), e.definition_kind()]
+        [Some(e.run_kind()), e.definition_kind(), e.cluster_definition_kind()]
             .into_iter()
             .flatten()
             .find(|k| k.group == group && k.kind == kind)
@@ -332,8 +335,12 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
         let awaiting = run.phase == RunPhase::AwaitingSpec;
         match run.definition.clone() {
             Some(def_name) => {
+                let def_kind =
+                    if run.cluster_definition { engine.cluster_definition_kind() } else { engine.definition_kind() };
+                let def_kind = def_kind.map(|k| k.kind).unwrap_or("definition");
                 let found = inputs.definitions.iter().find(|(e, d)| {
                     e.name() == engine.name()
+                        && d.types.as_ref().is_none_or(|t| t.kind == def_kind)
                         && d.metadata.name.as_deref() == Some(def_name.as_str())
                         && d.metadata.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == run.namespace)
                 });
@@ -342,22 +349,20 @@ pub fn render(sources: &[Source], config: Option<&Source>) -> Result<Report, Ren
                         let def = engine.definition(&d.metadata, &d.data).map_err(|source| RenderError::Parse {
                             file: origin.clone(),
                             doc: 0,
-                            what: format!("{} {def_name}", engine.definition_kind().map(|k| k.kind).unwrap_or("")),
+                            what: format!("{def_kind} {def_name}"),
                             source: Box::new(source),
                         })?;
                         engine.resolve(&mut run, &def);
                     }
                     None if awaiting => notes.push(format!(
-                        "{origin}: run {} refers to {} {def_name}, which is not among the inputs",
-                        run.name,
-                        engine.definition_kind().map(|k| k.kind).unwrap_or("definition")
+                        "{origin}: run {} refers to {def_kind} {def_name}, which is not among the inputs",
+                        run.name
                     )),
                     None => {}
                 }
             }
             None if awaiting => notes.push(format!(
-                "{origin}: run {}'s spec is resolved by {} itself (a resolver or a cluster-wide template); render \
-                 cannot fetch it",
+                "{origin}: run {}'s spec is resolved by {} itself (a resolver); render cannot fetch it",
                 run.name,
                 engine.title()
             )),

@@ -469,3 +469,37 @@ async fn an_argo_claim_named_by_a_parameter_is_pinned_at_once_and_its_placeholde
     }
     w.controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_workflow_from_a_cluster_workflow_template_gets_its_placeholder_before_argo_stores_the_spec() {
+    // Argo creates the first pods in the same pass that stores the template's spec, after
+    // them: a webhook waiting for that status would wait its whole budget for every pod. The
+    // ClusterWorkflowTemplate is watched and read like a namespaced one.
+    let budget = Duration::from_secs(30);
+    let w = world(budget).await;
+    w.server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "ClusterWorkflowTemplate",
+        "metadata": {"name": "ci-lib"},
+        "spec": {"entrypoint": "main",
+            "volumeClaimTemplates": [{"metadata": {"name": "workdir"}, "spec": {"accessModes": ["ReadWriteOnce"]}}],
+            "templates": [
+                {"name": "main", "steps": [[{"name": "a", "template": "test"}, {"name": "b", "template": "test"}]]},
+                {"name": "test", "container": {"image": "busybox", "volumeMounts": [{"name": "workdir", "mountPath": "/w"}]}}]}}));
+    w.server.insert(pvc("wf-workdir"));
+    w.server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "wf", "namespace": NS, "uid": "uid-wf", "creationTimestamp": "2026-11-29T14:04:19Z"},
+        "spec": {"workflowTemplateRef": {"name": "ci-lib", "clusterScope": true}}}));
+    eventually("the placeholder, before any status", WAIT, || placeholders(&w.server, NS).len() == 1).await;
+    let sts = placeholders(&w.server, NS)[0].clone();
+    assert_eq!(claims_of(&sts), ["wf-workdir".to_string()].into());
+    let name = sts["metadata"]["name"].as_str().unwrap().to_string();
+    w.server.insert(placeholder_pod(NS, &name, "node-a"));
+    let started = std::time::Instant::now();
+    for step in ["a", "b"] {
+        match decide(&w, &argo_pod("wf", step, "wf-workdir")).await {
+            Decision::Pin(pin) => assert_eq!(pin.placeholder, name),
+            Decision::Skip(s) => panic!("{step}: {s:?}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    w.controller.stop().await;
+}

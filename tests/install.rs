@@ -297,7 +297,7 @@ async fn exercise(watch_namespaces: Vec<String>, stale_secret: bool) -> Vec<Requ
     let answer = https.post("/mutate/pods", &webhook_support::to_bytes(&review)).await.unwrap().json();
     assert!(answer["response"]["patch"].is_string(), "pinned after reading the run and claim: {answer}");
     // The same for an Argo Workflow that runs a WorkflowTemplate, neither of them cached.
-    for resource in ["workflows", "workflowtemplates"] {
+    for resource in ["workflows", "workflowtemplates", "clusterworkflowtemplates"] {
         server.faults().fail_next(resource, Verb::List, 100_000, Fault::Internal);
         server.faults().fail_next(resource, Verb::Watch, 100_000, Fault::Internal);
     }
@@ -317,6 +317,25 @@ async fn exercise(watch_namespaces: Vec<String>, stale_secret: bool) -> Vec<Requ
     let review = webhook_support::review("u2", &argo_pod, "CREATE");
     let answer = https.post("/mutate/pods", &webhook_support::to_bytes(&review)).await.unwrap().json();
     assert!(answer["response"]["patch"].is_string(), "pinned after reading the Workflow and its template: {answer}");
+    // And one that runs a ClusterWorkflowTemplate.
+    server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "ClusterWorkflowTemplate",
+        "metadata": {"name": "ci-lib"},
+        "spec": {"templates": [{"name": "build", "container": {"image": "go", "volumeMounts": [{"name": "w", "mountPath": "/w"}]}}]}}));
+    server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "wf2", "namespace": NS, "uid": "uid-wf2"},
+        "spec": {"workflowTemplateRef": {"name": "ci-lib", "clusterScope": true},
+            "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": "cache"}}]}}));
+    let mut argo_pod = argo_pod;
+    argo_pod["metadata"]["name"] = json!("wf2-build-1");
+    argo_pod["metadata"]["labels"]["workflows.argoproj.io/workflow"] = json!("wf2");
+    argo_pod["metadata"]["ownerReferences"][0]["name"] = json!("wf2");
+    argo_pod["metadata"]["ownerReferences"][0]["uid"] = json!("uid-wf2");
+    let review = webhook_support::review("u3", &argo_pod, "CREATE");
+    let answer = https.post("/mutate/pods", &webhook_support::to_bytes(&review)).await.unwrap().json();
+    assert!(
+        answer["response"]["patch"].is_string(),
+        "pinned after reading the Workflow and its cluster template: {answer}"
+    );
     server.faults().clear();
 
     // A cordoned node: the placeholder moves (its volume is checked first).
@@ -332,7 +351,9 @@ async fn exercise(watch_namespaces: Vec<String>, stale_secret: bool) -> Vec<Requ
             run["status"]["conditions"] = json!([{"type": "Succeeded", "status": "True", "reason": "Succeeded"}])
         });
     }
-    edit(&server, "workflows", NS, "wf", |wf| wf["status"] = json!({"phase": "Succeeded"}));
+    for wf in ["wf", "wf2"] {
+        edit(&server, "workflows", NS, wf, |wf| wf["status"] = json!({"phase": "Succeeded"}));
+    }
     eventually("placeholders deleted", WAIT, || placeholders(&server, NS).is_empty()).await;
     // The lease was taken (kube-lease-manager patches it when it acquires and renews).
     eventually("lease patched", WAIT, || {

@@ -180,6 +180,24 @@ pub fn cache_definition(e: &dyn Engine, o: &kube::api::DynamicObject) -> Result<
     })
 }
 
+/// The cache key of a cluster-scoped definition (kept under namespace ""): a prefix of its own,
+/// so that a relist of the engine's namespaced definitions never touches it.
+pub fn cluster_definition_key(engine: &str, name: &str) -> String {
+    format!("{engine}:cluster/{name}")
+}
+
+/// A cluster-scoped definition as cached ([`engine::Engine::cluster_definition_kind`]).
+pub fn cache_cluster_definition(
+    e: &dyn Engine,
+    o: &kube::api::DynamicObject,
+) -> Result<CachedDefinition, engine::ParseError> {
+    Ok(CachedDefinition {
+        key: cluster_definition_key(e.name(), o.metadata.name.as_deref().unwrap_or_default()),
+        namespace: String::new(),
+        definition: e.definition(&o.metadata, &o.data)?,
+    })
+}
+
 /// Everything the add-on watches.
 pub struct Caches {
     /// Runs of every engine, as neutral runs.
@@ -285,6 +303,16 @@ impl Caches {
     /// The cached definition of an engine.
     pub fn definition(&self, ns: &str, engine: &str, name: &str) -> Option<Arc<CachedDefinition>> {
         self.definitions.get(ns, &engine_key(engine, name))
+    }
+
+    /// The definition a run names, in its namespace or cluster-wide.
+    pub fn definition_of(&self, run: &Run) -> Option<Arc<CachedDefinition>> {
+        let name = run.definition.as_deref()?;
+        if run.cluster_definition {
+            self.definitions.get("", &cluster_definition_key(run.engine, name))
+        } else {
+            self.definition(&run.namespace, run.engine, name)
+        }
     }
 
     /// Takes a PVC watch event into the claims store, remembering deletions.
@@ -441,7 +469,7 @@ impl Caches {
             .into_iter()
             .map(|mut run| {
                 if let Some(name) = run.definition.clone() {
-                    let found = self.definition(ns, run.engine, &name).map(|d| d.definition.clone()).or_else(|| {
+                    let found = self.definition_of(&run).map(|d| d.definition.clone()).or_else(|| {
                         fetched
                             .definitions
                             .iter()

@@ -244,6 +244,29 @@ pub fn start(
                 definitions += 1;
             }
         }
+        if let Some(kind) = e.cluster_definition_kind() {
+            // Cluster-scoped: one watch whatever the namespaces watched, kept under namespace "".
+            let api = Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource());
+            let scope = Scope::namespace("").with_prefix(super::cluster_definition_key(name, ""));
+            let c = caches.clone();
+            let store = move |ev| {
+                let ev = convert(
+                    ev,
+                    "cluster definition",
+                    |o| super::cache_cluster_definition(e, o),
+                    |o| super::CachedDefinition {
+                        key: super::cluster_definition_key(name, o.metadata.name.as_deref().unwrap_or_default()),
+                        namespace: String::new(),
+                        definition: Default::default(),
+                    },
+                );
+                let touched = c.definitions.apply_scoped(&scope, ev);
+                c.changed();
+                touched
+            };
+            tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "cluster definitions"));
+            definitions += 1;
+        }
         let selector = WatcherConfig::default().labels(&super::task_pod_selector(e));
         for (scope, api) in apis::<Pod>(&client, ns) {
             let (c, scope) = (caches.clone(), scope.with_label(e.pod_selector().label));
@@ -460,6 +483,7 @@ fn key_only(engine: &'static str, o: &DynamicObject) -> super::CachedRun {
         definition: None,
         task_overrides: Vec::new(),
         claims_from_pods: false,
+        cluster_definition: false,
     };
     super::CachedRun { key: super::engine_key(engine, o.metadata.name.as_deref().unwrap_or_default()), run }
 }

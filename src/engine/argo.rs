@@ -14,7 +14,9 @@
 //! - a Workflow is active with phase `""`, `Pending` or `Running` (its first pods come before any
 //!   status), done with `Succeeded`, `Failed` or `Error`, and `argo retry` reopens it (same uid);
 //! - with `workflowTemplateRef` the effective spec is `status.storedWorkflowTemplateSpec`, written
-//!   after the first pods: until then the WorkflowTemplate is read, as Tekton's Pipeline is;
+//!   after the first pods (Argo creates them in the same pass, so a webhook waiting for that
+//!   status would wait in vain): until then the WorkflowTemplate, or the ClusterWorkflowTemplate
+//!   with `clusterScope: true`, is read, as Tekton's Pipeline is;
 //! - Argo does not copy a Workflow's annotations to its pods: opt-out and mode are read from the
 //!   Workflow (and its WorkflowTemplate);
 //! - a template whose mounts cannot be read from the spec (a `podSpecPatch`, which is how
@@ -34,6 +36,13 @@ pub const API_VERSION: &str = "argoproj.io/v1alpha1";
 pub const KIND_WORKFLOW: &str = "Workflow";
 pub const KIND_WORKFLOW_TEMPLATE: &str = "WorkflowTemplate";
 pub const RUN_KIND: Kind = Kind { group: "argoproj.io", version: "v1alpha1", kind: KIND_WORKFLOW, plural: "workflows" };
+pub const KIND_CLUSTER_WORKFLOW_TEMPLATE: &str = "ClusterWorkflowTemplate";
+pub const CLUSTER_TEMPLATE_KIND: Kind = Kind {
+    group: "argoproj.io",
+    version: "v1alpha1",
+    kind: KIND_CLUSTER_WORKFLOW_TEMPLATE,
+    plural: "clusterworkflowtemplates",
+};
 pub const TEMPLATE_KIND: Kind =
     Kind { group: "argoproj.io", version: "v1alpha1", kind: KIND_WORKFLOW_TEMPLATE, plural: "workflowtemplates" };
 
@@ -61,6 +70,10 @@ impl Engine for Argo {
 
     fn definition_kind(&self) -> Option<Kind> {
         Some(TEMPLATE_KIND)
+    }
+
+    fn cluster_definition_kind(&self) -> Option<Kind> {
+        Some(CLUSTER_TEMPLATE_KIND)
     }
 
     fn run(&self, meta: &ObjectMeta, data: &serde_json::Value) -> Result<Run, ParseError> {
@@ -132,6 +145,11 @@ impl Engine for Argo {
             // A workflowTemplateRef's first pods come before Argo stores the template's spec.
             ("argoproj.io", "workflowtemplates", &["get", "list", "watch"]),
         ]
+    }
+
+    fn cluster_rbac(&self) -> Vec<EngineGrant> {
+        // The same for a workflowTemplateRef with clusterScope: true.
+        vec![("argoproj.io", "clusterworkflowtemplates", &["get", "list", "watch"])]
     }
 
     fn sample_pod<'r>(&self, run: &'r Run, task: &str, _finally: bool, claims: &[String]) -> TaskPod<'r> {
@@ -452,8 +470,8 @@ impl Workflow {
             tasks,
             scheduling: spec.scheduling.to_scheduling(Vec::new()),
             engine_assistant: false,
-            // A cluster-scoped template is not watched: its runs wait for Argo's stored spec.
-            definition: template_ref.filter(|r| !r.cluster_scope).map(|r| r.name.as_str().into()),
+            definition: template_ref.map(|r| r.name.as_str().into()),
+            cluster_definition: template_ref.is_some_and(|r| r.cluster_scope),
             task_overrides: Vec::new(),
             claims_from_pods: true,
         })
@@ -558,6 +576,11 @@ mod tests {
         assert_eq!(run.phase, RunPhase::Active);
         assert_eq!(run.annotations["affinity-assistant.dev/mode"], "pipelineruns");
         assert!(run.bindings.iter().any(|b| b.source.claim() == Some("r-workdir")), "{:?}", run.bindings);
+        // A ClusterWorkflowTemplate is read the same way, cluster-wide.
+        let cluster = json!({"spec": {"workflowTemplateRef": {"name": "ci-lib", "clusterScope": true}}});
+        let run = Argo.run(&meta("c"), &cluster).unwrap();
+        assert_eq!((run.definition.as_deref(), run.cluster_definition), (Some("ci-lib"), true));
+        assert_eq!(Argo.cluster_definition_kind().map(|k| k.plural), Some("clusterworkflowtemplates"));
         // Once Argo stored the spec, that is what counts.
         let mut stored = by_ref.clone();
         stored["status"] = json!({"phase": "Running", "storedWorkflowTemplateSpec": ci_spec()["spec"]});

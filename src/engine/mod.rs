@@ -96,6 +96,11 @@ pub trait Engine: Send + Sync {
     fn run_kind(&self) -> Kind;
     /// The definitions its runs may name before their spec is resolved, if any.
     fn definition_kind(&self) -> Option<Kind>;
+    /// A cluster-scoped kind of definition its runs may name (Argo's ClusterWorkflowTemplate):
+    /// watched and read cluster-wide, named by runs with [`Run::cluster_definition`].
+    fn cluster_definition_kind(&self) -> Option<Kind> {
+        None
+    }
     /// A run object (its metadata and the rest of the document) as the neutral run. Fails only
     /// when the run cannot be identified or is malformed. Only the add-on's own annotations
     /// need to be kept.
@@ -112,6 +117,11 @@ pub trait Engine: Send + Sync {
     fn pod_skip(&self, pod: &PodMeta) -> Option<EngineSkip>;
     /// What the add-on reads of the engine's resources (beyond pods, PVCs and its own objects).
     fn rbac(&self) -> Vec<EngineGrant>;
+    /// RBAC for its cluster-scoped resources (granted cluster-wide whatever namespaces are
+    /// watched).
+    fn cluster_rbac(&self) -> Vec<EngineGrant> {
+        Vec::new()
+    }
     /// Its own affinity assistant, if it has one.
     fn own_assistant(&self) -> Option<&dyn OwnAssistant> {
         None

@@ -455,6 +455,7 @@ impl PipelineRun {
             definition,
             task_overrides,
             claims_from_pods: false,
+            cluster_definition: false,
         })
     }
 

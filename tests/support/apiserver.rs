@@ -141,6 +141,7 @@ const BUILTIN: &[(&str, &str, &str, &str, bool, bool)] = &[
     // `subresources: {}`, so spec and status are written in one update of the main resource.
     ("argoproj.io", "v1alpha1", "workflows", "Workflow", true, false),
     ("argoproj.io", "v1alpha1", "workflowtemplates", "WorkflowTemplate", true, false),
+    ("argoproj.io", "v1alpha1", "clusterworkflowtemplates", "ClusterWorkflowTemplate", false, false),
 ];
 
 /// What the server knows about one resource.
