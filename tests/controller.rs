@@ -668,6 +668,7 @@ async fn an_engine_whose_crd_is_missing_does_not_hold_the_add_on_back_and_is_pic
     // A Tekton-only cluster: Argo's CRDs are not installed.
     server.set_absent("workflows.argoproj.io", true);
     server.set_absent("workflowtemplates.argoproj.io", true);
+    server.set_absent("clusterworkflowtemplates.argoproj.io", true);
     let c = start(client.clone(), true).await;
     let caches = c.caches.clone();
     eventually("ready without Argo", WAIT, || caches.ready()).await;
@@ -677,6 +678,7 @@ async fn an_engine_whose_crd_is_missing_does_not_hold_the_add_on_back_and_is_pic
     // Argo is installed later: its Workflows are served without a restart.
     server.set_absent("workflows.argoproj.io", false);
     server.set_absent("workflowtemplates.argoproj.io", false);
+    server.set_absent("clusterworkflowtemplates.argoproj.io", false);
     create_pvc(&client, NS, "wf-work", "ReadWriteOnce").await;
     server.insert(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
         "metadata": {"name": "wf", "namespace": NS, "uid": "uid-wf"},
