@@ -338,6 +338,7 @@ mod tests {
             run_modes: &modes,
             scheduling: &Scheduling::default(),
             anti_affinity: crate::config::AntiAffinity::Preferred,
+            follows: None,
             config: &config,
         });
         let e = placeholder_from_value(&serde_json::to_value(&sts).unwrap(), |_| None).unwrap().expect("ours");

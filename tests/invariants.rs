@@ -416,8 +416,36 @@ fn i4_recreation_never_breaks_i1() {
     w.apply(&first, None);
     w.pinned = vec![pinned("old", None, "aa-gone-0123456789", &["c"])];
     let plan = w.plan();
-    assert_eq!(plan.placeholders.len(), 1);
+    check_i1(&plan).unwrap();
     assert!(plan.warnings.iter().any(|m| m.contains("aa-gone-0123456789") && m.contains("old")), "{:?}", plan.warnings);
+    // The pod's placeholder is made again without the claim, next to the one that holds it:
+    // the pod still runs where its volume is (I4, I5), nothing mounts `c` twice (I1).
+    let holder = first.placeholders[0].name.clone();
+    let again = plan.placeholder("aa-gone-0123456789").expect("made again");
+    assert!(again.claims.is_empty());
+    let sts = again.statefulset(NS, &w.config).expect("to create");
+    let affinity = sts.spec.unwrap().template.spec.unwrap().affinity.unwrap();
+    let required = affinity.pod_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap();
+    assert_eq!(required, vec![affinity_assistant::core::pin::pin_term(&holder)]);
+    assert!(affinity.pod_anti_affinity.is_none(), "it must be able to share the node");
+}
+
+#[test]
+fn i4_a_placeholder_whose_claims_two_others_took_is_not_made_again() {
+    let r = run("r", &[("w", "c"), ("v", "d")], &[("t", &["w"]), ("u", &["v"])]);
+    let mut w = World::new(vec![r], rwo(&["c", "d"]));
+    let first = w.plan();
+    w.apply(&first, None);
+    assert_eq!(first.placeholders.len(), 2);
+    w.pinned = vec![pinned("old", None, "aa-gone-0123456789", &["c", "d"])];
+    let plan = w.plan();
+    check_i1(&plan).unwrap();
+    assert!(plan.placeholder("aa-gone-0123456789").is_none());
+    assert!(
+        plan.warnings.iter().any(|m| m.contains("aa-gone-0123456789") && m.contains(" and ")),
+        "{:?}",
+        plan.warnings
+    );
 }
 
 #[test]

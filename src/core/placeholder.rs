@@ -6,7 +6,7 @@ use crate::model::{Name, Scheduling};
 use crate::names;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, NodeAffinity, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
+    Affinity, Capabilities, Container, NodeAffinity, PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
     SecurityContext, Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
@@ -55,6 +55,9 @@ pub struct PlaceholderParts<'a> {
     /// The scheduling of the run that creates it.
     pub scheduling: &'a Scheduling,
     pub anti_affinity: AntiAffinity,
+    /// Another placeholder it must run next to (required pod affinity; no anti-affinity then):
+    /// it is made again for pods pinned to it after that one took some of its claims.
+    pub follows: Option<&'a str>,
     pub config: &'a Config,
 }
 
@@ -100,6 +103,16 @@ fn affinity(parts: &PlaceholderParts<'_>) -> Option<Affinity> {
         required_during_scheduling_ignored_during_execution: Some(req.clone()),
         preferred_during_scheduling_ignored_during_execution: None,
     });
+    if let Some(leader) = parts.follows {
+        return Some(Affinity {
+            node_affinity,
+            pod_affinity: Some(PodAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![super::pin::pin_term(leader)]),
+                preferred_during_scheduling_ignored_during_execution: None,
+            }),
+            pod_anti_affinity: None,
+        });
+    }
     let pod_anti_affinity = match parts.anti_affinity {
         AntiAffinity::None => None,
         AntiAffinity::Required => Some(PodAntiAffinity {

@@ -141,6 +141,8 @@ pub struct NewPlaceholder {
     /// The scheduling of the run that creates it (or of a pinned pod's run).
     pub scheduling: Scheduling,
     pub anti_affinity: AntiAffinity,
+    /// The placeholder it must run next to ([`PlaceholderParts::follows`]).
+    pub follows: Option<Name>,
 }
 
 impl PlannedPlaceholder {
@@ -156,6 +158,7 @@ impl PlannedPlaceholder {
             run_modes: &self.run_modes,
             scheduling: &new.scheduling,
             anti_affinity: new.anti_affinity,
+            follows: new.follows.as_deref(),
             config,
         }))
     }
@@ -212,6 +215,8 @@ struct Slot<'a> {
     riders: BTreeSet<Name>,
     pod_exists: bool,
     refused: Option<&'a str>,
+    /// For a slot made again for pinned pods after another took some of its claims: that one.
+    follows: Option<Name>,
 }
 
 /// A slot's claims: an existing placeholder's, a pinned pod's, or a new placeholder's.
@@ -392,6 +397,7 @@ impl<'a> Builder<'a> {
             riders: BTreeSet::new(),
             pod_exists: false,
             refused: None,
+            follows: None,
         };
         self.add_slot(slot, claims.iter().map(|c| c.as_str()))
     }
@@ -426,6 +432,7 @@ impl<'a> Builder<'a> {
             riders: BTreeSet::new(),
             pod_exists: e.pod_exists,
             refused: e.refused.as_deref(),
+            follows: None,
         };
         self.add_slot(slot, e.claims.iter().map(Name::as_str));
     }
@@ -437,13 +444,31 @@ impl<'a> Builder<'a> {
             self.slots[idx].pinned_runs.extend(p.run_uid.as_deref());
             return;
         }
-        if let Some((c, &other)) = p.claims.iter().find_map(|c| self.holder.get(c.as_str()).map(|o| (c, o))) {
+        // Claims another placeholder took meanwhile (two admissions that raced, a webhook with
+        // a stale cache): it is made again without them, next to that one, so the pods pinned
+        // to it still run where their volumes are (I4, I5). Taken by two: it cannot be.
+        let taken: BTreeSet<usize> = p.claims.iter().filter_map(|c| self.holder.get(c.as_str()).copied()).collect();
+        let follows = match taken.len() {
+            0 => None,
+            1 => taken.first().map(|&t| self.slots[t].name.clone()),
+            _ => {
+                let holders: Vec<&str> = taken.iter().map(|&t| self.slots[t].name.as_str()).collect();
+                self.warnings.push(format!(
+                    "pod {} is pinned to placeholder {}, which is gone, and its claims are now held by {}: it \
+                     cannot be made again next to all of them",
+                    p.name,
+                    p.placeholder,
+                    holders.join(" and ")
+                ));
+                return;
+            }
+        };
+        if let Some(leader) = &follows {
             self.warnings.push(format!(
-                "pod {} is pinned to placeholder {}, which is gone, and its claim {c} is now held by {}: \
-                 it cannot be recreated without mounting {c} twice",
-                p.name, p.placeholder, self.slots[other].name
+                "pod {} is pinned to placeholder {}, which is gone, and placeholder {leader} now holds some of its \
+                 claims: {} is made again without them, next to {leader}",
+                p.name, p.placeholder, p.placeholder
             ));
-            return;
         }
         let run = p.run_uid.as_ref().and_then(|uid| self.state.runs.iter().position(|r| r.uid == *uid));
         let mode =
@@ -452,9 +477,15 @@ impl<'a> Builder<'a> {
             self.state.config,
             run.map(|i| &self.state.runs[i].scheduling).unwrap_or(&NO_SCHEDULING),
         );
+        let claims = match &follows {
+            None => SlotClaims::Pinned(&p.claims),
+            Some(_) => SlotClaims::New(
+                p.claims.iter().filter(|c| !self.holder.contains_key(c.as_str())).map(Name::from).collect(),
+            ),
+        };
         let slot = Slot {
             name: Name::from(&p.placeholder),
-            claims: SlotClaims::Pinned(&p.claims),
+            claims,
             mode,
             existing: false,
             owner_refs: &[],
@@ -468,8 +499,11 @@ impl<'a> Builder<'a> {
             riders: BTreeSet::new(),
             pod_exists: false,
             refused: None,
+            follows: None,
         };
-        self.add_slot(slot, p.claims.iter().map(String::as_str));
+        let free: Vec<&'a str> = p.claims.iter().map(String::as_str).filter(|c| !self.holder.contains_key(c)).collect();
+        let idx = self.add_slot(slot, free.into_iter());
+        self.slots[idx].follows = follows;
     }
 
     /// The claims a pinned pod mounts that nobody holds ride with its placeholder: its volumes
@@ -792,7 +826,7 @@ impl<'a> Builder<'a> {
                     Mode::IsolatePipelineRun => AntiAffinity::Required,
                     _ => state.config.placeholder_anti_affinity,
                 };
-                NewPlaceholder { scheduling: scheduling.clone(), anti_affinity }
+                NewPlaceholder { scheduling: scheduling.clone(), anti_affinity, follows: slot.follows.clone() }
             });
             placeholders.push(PlannedPlaceholder {
                 name: slot.name,
