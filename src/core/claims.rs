@@ -155,11 +155,11 @@ fn pod_workspace(claim: &str) -> Name {
 /// mounted it finish, and its placeholder stays while the run is active). A claim a pod mounts
 /// under the volume of a [`ClaimSource::NamedByPod`] binding also joins every task that uses
 /// that binding, as the spec says: every pod of the run then groups it the same way, whichever
-/// of its sibling pods the caches have seen. `None` when nothing changes, the common case:
-/// nothing is copied.
-pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[ExistingPlaceholder]) -> Option<Vec<Run>> {
+/// of its sibling pods the caches have seen. Only the runs that change, by index, each a copy
+/// with the additions: none in the common case, and nothing is copied then.
+pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[ExistingPlaceholder]) -> Vec<(usize, Run)> {
     if !runs.iter().any(|r| r.claims_from_pods) {
-        return None;
+        return Vec::new();
     }
     let mut by_uid: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.claims_from_pods) {
@@ -197,12 +197,9 @@ pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[Existi
             }
         }
     }
-    if sets.is_empty() {
-        return None;
-    }
-    let mut out = runs.to_vec();
+    let mut out = Vec::with_capacity(sets.len());
     for (i, sets) in sets {
-        let run = &mut out[i];
+        let mut run = runs[i].clone();
         let spec_tasks = run.tasks.len();
         let mut usages: BTreeSet<Vec<String>> = BTreeSet::new();
         for set in sets {
@@ -252,8 +249,9 @@ pub fn adopt_pod_claims(runs: &[Run], pods: &[PodMounts], placeholders: &[Existi
             workspaces: Some(ws),
             scheduling: None,
         }));
+        out.push((i, run));
     }
-    Some(out)
+    out
 }
 
 /// Whether `claim` is the run's only because its pods mount it ([`adopt_pod_claims`]).

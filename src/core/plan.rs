@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Everything the plan is made from: one namespace.
-#[derive(Clone, Copy)]
 pub struct NamespaceState<'a> {
     pub namespace: &'a str,
     pub config: &'a Config,
@@ -287,18 +286,16 @@ struct Builder<'a> {
 
 /// The plan for one namespace.
 pub fn plan(state: &NamespaceState<'_>) -> Plan {
-    match claims::adopt_pod_claims(state.runs, state.task_pods, state.placeholders) {
-        Some(adopted) => build(state, Some(&adopted)),
-        None => build(state, None),
-    }
+    let adopted = claims::adopt_pod_claims(state.runs, state.task_pods, state.placeholders);
+    build(state, &adopted)
 }
 
 /// `adopted`: the runs with the claims their pods name ([`claims::adopt_pod_claims`]), by
-/// index as in `state.runs`. Every run is planned from its spec first, and only then with what
+/// index in `state.runs`. Every run is planned from its spec first, and only then with what
 /// its pods named: a claim a pod names joins what the specs decided (the placeholders the
 /// controller made before the pod came), never the other way round, so the webhook, deciding
 /// with the pod, and the controller, planning before it saw the pod, agree.
-fn build<'a>(state: &'a NamespaceState<'a>, adopted: Option<&'a [Run]>) -> Plan {
+fn build<'a>(state: &'a NamespaceState<'a>, adopted: &'a [(usize, Run)]) -> Plan {
     let mut b = Builder {
         state,
         pvcs: state.claims.iter().map(|(name, pvc)| (name.as_str(), pvc)).collect(),
@@ -353,12 +350,10 @@ fn build<'a>(state: &'a NamespaceState<'a>, adopted: Option<&'a [Run]>) -> Plan 
 
     let mut runs: Vec<RunPlan> =
         order.iter().enumerate().map(|(seq, &(.., i))| b.plan_run(i, seq, &state.runs[i])).collect();
-    if let Some(adopted) = adopted {
-        for (seq, &(.., i)) in order.iter().enumerate() {
-            let run = &adopted[i];
-            if run.bindings.len() == state.runs[i].bindings.len() && run.tasks.len() == state.runs[i].tasks.len() {
-                continue;
-            }
+    for (seq, &(.., i)) in order.iter().enumerate() {
+        // `adopted` is in index order, as `adopt_pod_claims` walks the runs.
+        if let Ok(at) = adopted.binary_search_by_key(&i, |(j, _)| *j) {
+            let run = &adopted[at].1;
             b.conflicts.retain(|c| c.run != run.name);
             runs[seq] = b.plan_run(i, seq, run);
         }
@@ -477,11 +472,11 @@ impl<'a> Builder<'a> {
             self.state.config,
             run.map(|i| &self.state.runs[i].scheduling).unwrap_or(&NO_SCHEDULING),
         );
+        // Its claims nobody else holds: all of them unless another took some.
+        let free: Vec<&'a str> = p.claims.iter().map(String::as_str).filter(|c| !self.holder.contains_key(c)).collect();
         let claims = match &follows {
             None => SlotClaims::Pinned(&p.claims),
-            Some(_) => SlotClaims::New(
-                p.claims.iter().filter(|c| !self.holder.contains_key(c.as_str())).map(Name::from).collect(),
-            ),
+            Some(_) => SlotClaims::New(free.iter().map(|&c| Name::from(c)).collect()),
         };
         let slot = Slot {
             name: Name::from(&p.placeholder),
@@ -499,11 +494,9 @@ impl<'a> Builder<'a> {
             riders: BTreeSet::new(),
             pod_exists: false,
             refused: None,
-            follows: None,
+            follows,
         };
-        let free: Vec<&'a str> = p.claims.iter().map(String::as_str).filter(|c| !self.holder.contains_key(c)).collect();
-        let idx = self.add_slot(slot, free.into_iter());
-        self.slots[idx].follows = follows;
+        self.add_slot(slot, free.into_iter());
     }
 
     /// The claims a pinned pod mounts that nobody holds ride with its placeholder: its volumes
@@ -522,12 +515,7 @@ impl<'a> Builder<'a> {
             {
                 continue;
             }
-            let usable = match (&pvc.volume_node_affinity, &self.slots[idx].node) {
-                (None, _) => true,
-                (Some(sel), Some(node)) => scheduling::node_selector_matches(sel, node),
-                (Some(_), None) => false,
-            };
-            if usable {
+            if self.volume_usable_on(c, idx) == Some(true) {
                 self.holder.insert(c.as_str(), idx);
                 self.slots[idx].riders.insert(Name::from(c));
             }
@@ -650,15 +638,11 @@ impl<'a> Builder<'a> {
                 // that name other claims with them (each admitted before the caches saw the
                 // others) then all go to the placeholder the spec alone would make.
                 s.name.clear();
-                let spec_named = |c: &&&Name| !claims::is_pod_named(run, c);
-                if s.remainder.iter().any(|c| spec_named(&c)) {
-                    names::push_claims_placeholder_name(
-                        &mut s.name,
-                        s.remainder.iter().filter(spec_named).map(|c| c.as_str()),
-                    );
-                } else {
-                    names::push_claims_placeholder_name(&mut s.name, s.remainder.iter().map(|c| c.as_str()));
-                }
+                let any_spec_named = s.remainder.iter().any(|c| !claims::is_pod_named(run, c));
+                names::push_claims_placeholder_name(
+                    &mut s.name,
+                    s.remainder.iter().filter(|c| !any_spec_named || !claims::is_pod_named(run, c)).map(|c| c.as_str()),
+                );
                 if let Some(&taken) = self.by_name.get(s.name.as_str()) {
                     rp.warnings.push(format!(
                         "placeholder name {} is taken by a placeholder holding [{}]; claims [{}] are not held",
@@ -743,18 +727,17 @@ impl<'a> Builder<'a> {
     /// claim whose bound volume cannot be used there does not ride: its pods stay unpinned.
     fn ride(&mut self, rp: &mut RunPlan, t: usize, claims: &[&'a Name]) {
         for &c in claims {
-            let affinity = self.pvcs.get(c.as_str()).and_then(|pvc| pvc.volume_node_affinity.as_ref());
             let slot = &self.slots[t];
-            let unusable = match (affinity, &slot.node) {
-                (None, _) => None,
-                (Some(sel), Some(node)) if !scheduling::node_selector_matches(sel, node) => Some(format!(
+            let unusable = match self.volume_usable_on(c, t) {
+                Some(true) => None,
+                Some(false) => Some(format!(
                     "claim {c} rides with placeholder {} on node {}, but its volume cannot be used on that node \
                      (PersistentVolume node affinity); pods that mount it are not pinned",
-                    slot.name, node.name
+                    slot.name,
+                    slot.node.as_ref().map(|n| n.name.as_str()).unwrap_or_default()
                 )),
-                (Some(_), Some(_)) => None,
                 // Resolves itself once the holder is bound: no warning on the run.
-                (Some(_), None) => {
+                None => {
                     rp.unpinnable.insert(
                         c.clone(),
                         format!(
@@ -773,6 +756,18 @@ impl<'a> Builder<'a> {
             self.holder.insert(c.as_str(), t);
             self.slots[t].riders.insert(c.clone());
             rp.riders.insert(c.clone(), self.slots[t].name.clone());
+        }
+    }
+
+    /// Whether claim `c`'s volume can be used on slot `t`'s node (PersistentVolume node
+    /// affinity): `None` while that is not known (a volume bound to some nodes only, a slot on
+    /// no node yet).
+    fn volume_usable_on(&self, c: &str, t: usize) -> Option<bool> {
+        let affinity = self.pvcs.get(c).and_then(|pvc| pvc.volume_node_affinity.as_ref());
+        match (affinity, &self.slots[t].node) {
+            (None, _) => Some(true),
+            (Some(sel), Some(node)) => Some(scheduling::node_selector_matches(sel, node)),
+            (Some(_), None) => None,
         }
     }
 
