@@ -112,6 +112,28 @@ pub struct Identity {
     pub skip: Option<crate::engine::EngineSkip>,
 }
 
+impl Identity {
+    /// What a pod of this identity mounts, from its PVC volumes as (claim, volume name): `None`
+    /// for a pod of no run, or one that mounts no claim.
+    pub fn mounts<'v>(&self, volumes: impl Iterator<Item = (&'v str, &'v str)>) -> Option<crate::model::PodMounts> {
+        let run = self.run.as_ref()?;
+        let mut claims: Vec<crate::model::PodClaim> = volumes
+            .map(|(claim, volume)| crate::model::PodClaim { claim: claim.into(), volume: volume.into() })
+            .collect();
+        if claims.is_empty() {
+            return None;
+        }
+        claims.sort();
+        claims.dedup_by(|a, b| a.claim == b.claim);
+        Some(crate::model::PodMounts {
+            engine: self.engine,
+            run_name: run.name.as_str().into(),
+            run_uid: run.uid.as_deref().map(Into::into),
+            claims,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecView<'a> {
@@ -183,30 +205,13 @@ impl<'a> TaskPod<'a> {
         }
     }
 
-    /// What the pod mounts, as the plan reads it of a run's pods; `None` for a pod of no run,
-    /// or one that mounts no claim (as [`crate::views::mounts_from_pod`] reads a cached pod).
+    /// What the pod mounts, as the plan reads it of a run's pods ([`Identity::mounts`]).
     pub fn mounts(&self) -> Option<crate::model::PodMounts> {
-        let run = self.identity.run.as_ref()?;
-        let mut claims: Vec<crate::model::PodClaim> = self
-            .spec
-            .volumes
-            .iter()
-            .filter_map(|v| {
-                let claim = v.persistent_volume_claim.as_ref().filter(|c| !c.claim_name.is_empty())?;
-                Some(crate::model::PodClaim { claim: claim.claim_name.as_ref().into(), volume: v.name.as_ref().into() })
-            })
-            .collect();
-        if claims.is_empty() {
-            return None;
-        }
-        claims.sort();
-        claims.dedup_by(|a, b| a.claim == b.claim);
-        Some(crate::model::PodMounts {
-            engine: self.identity.engine,
-            run_name: run.name.as_str().into(),
-            run_uid: run.uid.as_deref().map(Into::into),
-            claims,
-        })
+        let volumes = self.spec.volumes.iter().filter_map(|v| {
+            let claim = v.persistent_volume_claim.as_ref().filter(|c| !c.claim_name.is_empty())?;
+            Some((claim.claim_name.as_ref(), v.name.as_ref()))
+        });
+        self.identity.mounts(volumes)
     }
 
     /// Claim names the pod mounts, each once, in volume order.

@@ -188,6 +188,11 @@ pub fn pinned_pod(v: &serde_json::Value) -> Result<Option<PinnedPod>, ParseError
 
 /// [`pinned_pod`] for a typed Pod (the caches hold those): no JSON round trip.
 pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPod> {
+    pinned_of(pod, &crate::engine::identify(&pod_meta(pod)))
+}
+
+/// [`pinned_from_pod`] for a pod the engines have already identified.
+pub fn pinned_of(pod: &k8s_openapi::api::core::v1::Pod, identity: &crate::pod::Identity) -> Option<PinnedPod> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     let m = &pod.metadata;
     let labels = m.labels.as_ref().unwrap_or(&EMPTY);
@@ -201,16 +206,18 @@ pub fn pinned_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<PinnedPo
         .get(names::ANNOTATION_CLAIMS)
         .map(|c| c.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
         .unwrap_or_default();
-    let run_uid = crate::engine::identify(&pod_meta(pod)).run.and_then(|r| r.uid);
+    let run_uid = identity.run.as_ref().and_then(|r| r.uid.clone());
     let name = m.name.clone().unwrap_or_else(|| format!("{}*", m.generate_name.as_deref().unwrap_or("")));
-    let mounted = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
-        .filter(|c| !c.is_empty())
-        .collect();
+    let mounted = claim_volumes(pod).map(|(claim, _)| claim.to_string()).collect();
     Some(PinnedPod { name, run_uid, placeholder: placeholder.clone(), claims, mounted })
+}
+
+/// A typed pod's PVC volumes: (claim, volume name).
+pub fn claim_volumes(pod: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<Item = (&str, &str)> {
+    pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter_map(|v| {
+        let claim = v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()).filter(|c| !c.is_empty())?;
+        Some((claim, v.name.as_str()))
+    })
 }
 
 /// What the engines read of a typed pod (labels, annotations, owners), borrowed.
@@ -240,28 +247,9 @@ pub fn pod_meta(pod: &k8s_openapi::api::core::v1::Pod) -> crate::pod::PodMeta<'_
 /// for the rest, and for a pod that mounts no claim). A pod the webhook left alone must not
 /// call for a placeholder that would take its volume elsewhere.
 pub fn mounts_from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<crate::model::PodMounts> {
-    pinned_from_pod(pod)?;
-    let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
-    let mut claims: Vec<crate::model::PodClaim> = volumes
-        .iter()
-        .filter_map(|v| {
-            let claim = v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()).filter(|c| !c.is_empty())?;
-            Some(crate::model::PodClaim { claim: claim.into(), volume: v.name.as_str().into() })
-        })
-        .collect();
-    if claims.is_empty() {
-        return None;
-    }
-    claims.sort();
-    claims.dedup_by(|a, b| a.claim == b.claim);
     let identity = crate::engine::identify(&pod_meta(pod));
-    let run = identity.run?;
-    Some(crate::model::PodMounts {
-        engine: identity.engine,
-        run_name: run.name.into(),
-        run_uid: run.uid.map(Into::into),
-        claims,
-    })
+    pinned_of(pod, &identity)?;
+    identity.mounts(claim_volumes(pod))
 }
 
 /// A typed StatefulSet as the core's existing placeholder (the caches hold those): `None` when

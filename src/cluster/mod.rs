@@ -450,8 +450,15 @@ impl Caches {
                 engine_served.extend(e.own_assistant().map(|a| a.serves(&sts)).unwrap_or_default());
             }
         }
+        // Each task pod identified once: demand for its placeholder (I4) and what it mounts,
+        // if pinned; the runs an engine's own assistant serves, if it pinned it.
+        let (mut pinned, mut mounts) = (Vec::new(), Vec::new());
         for pod in &task_pods {
             let identity = engine::identify(&crate::views::pod_meta(pod));
+            if let Some(p) = crate::views::pinned_of(pod, &identity) {
+                mounts.extend(identity.mounts(crate::views::claim_volumes(pod)));
+                pinned.push(p);
+            }
             if identity.skip == Some(engine::EngineSkip::EngineAssistant)
                 && let Some(r) = identity.run
             {
@@ -553,8 +560,6 @@ impl Caches {
                 Some(p)
             })
             .collect();
-        let pinned = task_pods.iter().filter_map(|p| pinned_pod(p)).collect();
-        let mounts = task_pods.iter().filter_map(|p| crate::views::mounts_from_pod(p)).collect();
         let opted_out = self.opted_out.get("", ns).is_some();
         Inputs { namespace: ns.to_string(), runs, claims, placeholders, pinned, mounts, opted_out, expires }
     }
@@ -717,11 +722,6 @@ pub fn unschedulable_since(pod: &Pod) -> Option<(Timestamp, String)> {
         })?;
     let since = c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
     Some((since, c.message.clone().unwrap_or_else(|| "Unschedulable".into())))
-}
-
-/// A pinned, unfinished pod: demand for its placeholder (I4).
-pub fn pinned_pod(pod: &Pod) -> Option<PinnedPod> {
-    crate::views::pinned_from_pod(pod)
 }
 
 /// Whether a controller holds a fresh leader lease (`now` in seconds since the epoch).
