@@ -173,29 +173,24 @@ pub fn cache_run(e: &dyn Engine, o: &kube::api::DynamicObject) -> Result<CachedR
 
 /// A definition object as the definitions cache keeps it.
 pub fn cache_definition(e: &dyn Engine, o: &kube::api::DynamicObject) -> Result<CachedDefinition, engine::ParseError> {
-    Ok(CachedDefinition {
-        key: engine_key(e.name(), o.metadata.name.as_deref().unwrap_or_default()),
-        namespace: o.metadata.namespace.clone().unwrap_or_default(),
-        definition: e.definition(&o.metadata, &o.data)?,
-    })
+    Ok(CachedDefinition { definition: e.definition(&o.metadata, &o.data)?, ..definition_key_of(e.name(), o) })
 }
 
-/// The cache key of a cluster-scoped definition (kept under namespace ""): a prefix of its own,
-/// so that a relist of the engine's namespaced definitions never touches it.
-pub fn cluster_definition_key(engine: &str, name: &str) -> String {
-    format!("{engine}:cluster/{name}")
+/// Only the cache key of a definition object (what a delete needs).
+pub fn definition_key_of(engine: &str, o: &kube::api::DynamicObject) -> CachedDefinition {
+    let namespace = o.metadata.namespace.clone().unwrap_or_default();
+    CachedDefinition {
+        key: definition_key(engine, &namespace, o.metadata.name.as_deref().unwrap_or_default()),
+        namespace,
+        definition: Default::default(),
+    }
 }
 
-/// A cluster-scoped definition as cached ([`engine::Engine::cluster_definition_kind`]).
-pub fn cache_cluster_definition(
-    e: &dyn Engine,
-    o: &kube::api::DynamicObject,
-) -> Result<CachedDefinition, engine::ParseError> {
-    Ok(CachedDefinition {
-        key: cluster_definition_key(e.name(), o.metadata.name.as_deref().unwrap_or_default()),
-        namespace: String::new(),
-        definition: e.definition(&o.metadata, &o.data)?,
-    })
+/// The cache key of a definition: `<engine>/<name>`; for a cluster-scoped one (namespace "")
+/// a prefix of its own, so that a relist of the engine's namespaced definitions never touches
+/// it.
+pub fn definition_key(engine: &str, namespace: &str, name: &str) -> String {
+    if namespace.is_empty() { format!("{engine}:cluster/{name}") } else { engine_key(engine, name) }
 }
 
 /// Everything the add-on watches.
@@ -302,17 +297,13 @@ impl Caches {
 
     /// The cached definition of an engine.
     pub fn definition(&self, ns: &str, engine: &str, name: &str) -> Option<Arc<CachedDefinition>> {
-        self.definitions.get(ns, &engine_key(engine, name))
+        self.definitions.get(ns, &definition_key(engine, ns, name))
     }
 
     /// The definition a run names, in its namespace or cluster-wide.
     pub fn definition_of(&self, run: &Run) -> Option<Arc<CachedDefinition>> {
-        let name = run.definition.as_deref()?;
-        if run.cluster_definition {
-            self.definitions.get("", &cluster_definition_key(run.engine, name))
-        } else {
-            self.definition(&run.namespace, run.engine, name)
-        }
+        let ns = if run.cluster_definition { "" } else { &run.namespace };
+        self.definition(ns, run.engine, run.definition.as_deref()?)
     }
 
     /// Takes a PVC watch event into the claims store, remembering deletions.

@@ -230,41 +230,28 @@ pub fn start(
             tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "runs"));
             runs += 1;
         }
+        // Its definitions: namespaced ones where runs are watched, cluster-scoped ones (kept
+        // under namespace "", with a key prefix of their own) with one cluster-wide watch.
+        let mut definition_apis: Vec<(Scope, Api<DynamicObject>)> = Vec::new();
         if let Some(kind) = e.definition_kind() {
-            for (scope, api) in dynamic_apis(&client, ns, kind) {
-                let (c, scope) = (caches.clone(), scope.with_prefix(&prefix));
-                let store = move |ev| {
-                    let ev =
-                        convert(ev, "definition", |o| super::cache_definition(e, o), |o| definition_key_only(name, o));
-                    let touched = c.definitions.apply_scoped(&scope, ev);
-                    c.changed();
-                    touched
-                };
-                tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "definitions"));
-                definitions += 1;
-            }
+            definition_apis.extend(
+                dynamic_apis(&client, ns, kind).into_iter().map(|(scope, api)| (scope.with_prefix(&prefix), api)),
+            );
         }
         if let Some(kind) = e.cluster_definition_kind() {
-            // Cluster-scoped: one watch whatever the namespaces watched, kept under namespace "".
-            let api = Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource());
-            let scope = Scope::namespace("").with_prefix(super::cluster_definition_key(name, ""));
+            let scope = Scope::namespace("").with_prefix(super::definition_key(name, "", ""));
+            definition_apis.push((scope, Api::all_with(client.clone(), &kind.api_resource())));
+        }
+        for (scope, api) in definition_apis {
             let c = caches.clone();
             let store = move |ev| {
-                let ev = convert(
-                    ev,
-                    "cluster definition",
-                    |o| super::cache_cluster_definition(e, o),
-                    |o| super::CachedDefinition {
-                        key: super::cluster_definition_key(name, o.metadata.name.as_deref().unwrap_or_default()),
-                        namespace: String::new(),
-                        definition: Default::default(),
-                    },
-                );
+                let ev =
+                    convert(ev, "definition", |o| super::cache_definition(e, o), |o| super::definition_key_of(name, o));
                 let touched = c.definitions.apply_scoped(&scope, ev);
                 c.changed();
                 touched
             };
-            tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "cluster definitions"));
+            tasks.push(feed(api, WatcherConfig::default(), store, caches.clone(), tx.clone(), "definitions"));
             definitions += 1;
         }
         let selector = WatcherConfig::default().labels(&super::task_pod_selector(e));
@@ -486,13 +473,4 @@ fn key_only(engine: &'static str, o: &DynamicObject) -> super::CachedRun {
         cluster_definition: false,
     };
     super::CachedRun { key: super::engine_key(engine, o.metadata.name.as_deref().unwrap_or_default()), run }
-}
-
-/// Only the key of a definition (for deletes).
-fn definition_key_only(engine: &'static str, o: &DynamicObject) -> super::CachedDefinition {
-    super::CachedDefinition {
-        key: super::engine_key(engine, o.metadata.name.as_deref().unwrap_or_default()),
-        namespace: o.metadata.namespace.clone().unwrap_or_default(),
-        definition: Default::default(),
-    }
 }
