@@ -123,11 +123,12 @@ impl CacheDecider {
     /// placeholder it would go to (`Some(plan without it)`: the controller learns of that
     /// placeholder only once the pod exists, so there is nothing to wait for).
     fn plan(&self, ns: &str, pod: &TaskPod<'_>, reads: &Reads) -> (Arc<Plan>, Option<Arc<Plan>>) {
-        let plan = if reads.fetched.is_empty() {
-            self.caches.plan(ns)
+        let inputs = || self.caches.inputs_with(ns, k8s_openapi::jiff::Timestamp::now(), &reads.fetched);
+        let (plan, read) = if reads.fetched.is_empty() {
+            (self.caches.plan(ns), None)
         } else {
-            let inputs = self.caches.inputs_with(ns, k8s_openapi::jiff::Timestamp::now(), &reads.fetched);
-            Arc::new(inputs.plan(&self.caches.config(), MissingClaims::Wait))
+            let read = inputs();
+            (Arc::new(read.plan(&self.caches.config(), MissingClaims::Wait)), Some(read))
         };
         // A claim its run's spec does not name (Argo fills it in when it builds the pod): the
         // plan is made again with this pod among its run's pods. Rare, so not cached.
@@ -135,9 +136,9 @@ impl CacheDecider {
             return (plan, None);
         }
         let Some(mounts) = pod.mounts() else { return (plan, None) };
-        let mut inputs = self.caches.inputs_with(ns, k8s_openapi::jiff::Timestamp::now(), &reads.fetched);
-        inputs.mounts.push(mounts);
-        (Arc::new(inputs.plan(&self.caches.config(), MissingClaims::Wait)), Some(plan))
+        let mut with = read.unwrap_or_else(inputs);
+        with.mounts.push(mounts);
+        (Arc::new(with.plan(&self.caches.config(), MissingClaims::Wait)), Some(plan))
     }
 
     /// The pod's run, from the cache or what was read.
